@@ -1,0 +1,333 @@
+//! Parsing a CloudEvents (binary mode) webhook into a typed [`Webhook`].
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+use super::{ConnectionState, ProtocolError, SignatureVerifier};
+
+pub const TYPE_PREFIX_SYS: &str = "azure.webpubsub.sys.";
+pub const TYPE_PREFIX_USER: &str = "azure.webpubsub.user.";
+
+/// What every event of a connection carries in its `ce-*` headers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventContext {
+    pub hub: String,
+    pub connection_id: String,
+    pub user_id: Option<String>,
+    pub event_name: String,
+    /// CloudEvents id; with the connection id it identifies a delivery, so retries can be deduplicated.
+    pub ce_id: String,
+    pub ce_time: Option<String>,
+    pub subprotocol: Option<String>,
+    pub state: ConnectionState,
+    pub origin: Option<String>,
+    pub mqtt: Option<MqttContext>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttContext {
+    pub physical_connection_id: String,
+    /// Absent on `connect`.
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Webhook {
+    pub context: EventContext,
+    pub event: Event,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Connect(ConnectRequest),
+    Connected,
+    Disconnected(DisconnectedRequest),
+    User(UserEvent),
+}
+
+impl Event {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Connect(_) => "connect",
+            Event::Connected => "connected",
+            Event::Disconnected(_) => "disconnected",
+            Event::User(_) => "user",
+        }
+    }
+}
+
+/// Every claim/query/header value is a list in the wire format; single values are tolerated too.
+pub type MultiMap = BTreeMap<String, Vec<String>>;
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectRequest {
+    #[serde(default, deserialize_with = "multimap")]
+    pub claims: MultiMap,
+    #[serde(default, deserialize_with = "multimap")]
+    pub query: MultiMap,
+    #[serde(default, deserialize_with = "multimap")]
+    pub headers: MultiMap,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub subprotocols: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub client_certificates: Vec<ClientCertificate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<MqttConnectProperties>,
+}
+
+impl ConnectRequest {
+    pub fn first_claim(&self, name: &str) -> Option<&str> {
+        self.claims.get(name).and_then(|v| v.first()).map(String::as_str)
+    }
+    pub fn first_query(&self, name: &str) -> Option<&str> {
+        self.query.get(name).and_then(|v| v.first()).map(String::as_str)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct ClientCertificate {
+    #[serde(default)]
+    pub thumbprint: String,
+    #[serde(default)]
+    pub content: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MqttConnectProperties {
+    pub protocol_version: u8,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// base64, as sent.
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub user_properties: Option<Vec<MqttUserProperty>>,
+    #[serde(default)]
+    pub clean_start: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct MqttUserProperty {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct DisconnectedRequest {
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub mqtt: Option<MqttDisconnected>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MqttDisconnected {
+    #[serde(default)]
+    pub initiated_by_client: bool,
+    #[serde(default)]
+    pub disconnect_packet: Option<MqttDisconnectPacket>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MqttDisconnectPacket {
+    pub code: u32,
+    #[serde(default)]
+    pub user_properties: Option<Vec<MqttUserProperty>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserEvent {
+    pub name: String,
+    pub data: EventData,
+}
+
+/// A user event's payload, typed by the request's media type as the service uploads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventData {
+    Text(String),
+    Json(Value),
+    Binary(Bytes),
+}
+
+impl EventData {
+    pub fn len(&self) -> usize {
+        match self {
+            EventData::Text(s) => s.len(),
+            EventData::Json(v) => v.to_string().len(),
+            EventData::Binary(b) => b.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Accepts `{"k": ["a","b"]}` as sent, and also `{"k": "a"}` or numbers/bools (stringified), since
+/// custom token claims need not be strings.
+fn multimap<'de, D: Deserializer<'de>>(d: D) -> Result<MultiMap, D::Error> {
+    let raw: Option<BTreeMap<String, Value>> = Option::deserialize(d)?;
+    let scalar = |v: Value| match v {
+        Value::String(s) => Some(s),
+        Value::Null => None,
+        other => Some(other.to_string()),
+    };
+    Ok(raw
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| {
+            let vals = match v {
+                Value::Array(items) => items.into_iter().filter_map(scalar).collect(),
+                other => scalar(other).into_iter().collect(),
+            };
+            (k, vals)
+        })
+        .collect())
+}
+
+/// Parses webhooks for one hub. Holding the verifier here means no code path can obtain a typed
+/// event without the signature having been checked (unless verification was explicitly disabled).
+#[derive(Debug, Clone)]
+pub struct WebhookParser {
+    hub: String,
+    verifier: Option<SignatureVerifier>,
+}
+
+impl WebhookParser {
+    /// `verifier: None` disables signature checks (an explicit, logged choice of the caller).
+    pub fn new(hub: impl Into<String>, verifier: Option<SignatureVerifier>) -> Self {
+        WebhookParser { hub: hub.into(), verifier }
+    }
+
+    pub fn hub(&self) -> &str {
+        &self.hub
+    }
+
+    pub fn verifies_signatures(&self) -> bool {
+        self.verifier.is_some()
+    }
+
+    /// Parses a `POST`ed webhook. Cheap checks run first, so a forged request costs one HMAC and
+    /// never a body parse.
+    pub fn parse(&self, headers: &HeaderMap, body: Bytes) -> Result<Webhook, ProtocolError> {
+        let ce_type = required(headers, "ce-type")?;
+        let connection_id = required(headers, "ce-connectionId")?;
+        if let Some(verifier) = &self.verifier {
+            let lines = headers.get_all("ce-signature").iter().map(|v| v.as_bytes());
+            verifier.verify(lines, &connection_id)?;
+        }
+        let hub = required(headers, "ce-hub")?;
+        if !hub.eq_ignore_ascii_case(&self.hub) {
+            return Err(ProtocolError::WrongHub { got: hub, expected: self.hub.clone() });
+        }
+        let ce_id = required(headers, "ce-id")?;
+        let event_name_header = optional(headers, "ce-eventName")?;
+        let state = optional(headers, "ce-connectionState")?
+            .map(|s| ConnectionState::decode(&s))
+            .unwrap_or_default();
+        let subprotocol = optional(headers, "ce-subprotocol")?.filter(|s| !s.is_empty());
+        let physical = optional(headers, "ce-physicalConnectionId")?;
+        let mqtt = match (&subprotocol, physical) {
+            (Some(p), Some(physical_connection_id)) if p.to_ascii_lowercase().contains("mqtt") => {
+                Some(MqttContext { physical_connection_id, session_id: optional(headers, "ce-sessionId")? })
+            }
+            _ => None,
+        };
+
+        let (event, event_name) = if let Some(sys) = strip_prefix_ci(&ce_type, TYPE_PREFIX_SYS) {
+            let event = match sys.to_ascii_lowercase().as_str() {
+                "connect" => Event::Connect(json_body("connect", &body)?),
+                "connected" => Event::Connected,
+                "disconnected" => Event::Disconnected(if body.iter().all(u8::is_ascii_whitespace) {
+                    DisconnectedRequest::default()
+                } else {
+                    json_body("disconnected", &body)?
+                }),
+                _ => return Err(ProtocolError::UnknownType(ce_type)),
+            };
+            (event, event_name_header.unwrap_or_else(|| sys.to_ascii_lowercase()))
+        } else if let Some(name) = strip_prefix_ci(&ce_type, TYPE_PREFIX_USER) {
+            let name = event_name_header.unwrap_or_else(|| name.to_string());
+            if name.is_empty() {
+                return Err(ProtocolError::InvalidHeader { name: "ce-eventName", reason: "empty".into() });
+            }
+            let data = user_data(headers, body)?;
+            (Event::User(UserEvent { name: name.clone(), data }), name)
+        } else {
+            return Err(ProtocolError::UnknownType(ce_type));
+        };
+
+        Ok(Webhook {
+            context: EventContext {
+                hub,
+                connection_id,
+                user_id: optional(headers, "ce-userId")?.filter(|s| !s.is_empty()),
+                event_name,
+                ce_id,
+                ce_time: optional(headers, "ce-time")?,
+                subprotocol,
+                state,
+                origin: optional(headers, "WebHook-Request-Origin")?,
+                mqtt,
+            },
+            event,
+        })
+    }
+}
+
+fn user_data(headers: &HeaderMap, body: Bytes) -> Result<EventData, ProtocolError> {
+    let ct = optional(headers, "content-type")?.unwrap_or_default();
+    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match media.as_str() {
+        "text/plain" => String::from_utf8(body.to_vec())
+            .map(EventData::Text)
+            .map_err(|_| ProtocolError::InvalidBody { event: "user", reason: "text/plain body is not UTF-8".into() }),
+        "application/json" => serde_json::from_slice(&body)
+            .map(EventData::Json)
+            .map_err(|e| ProtocolError::InvalidBody { event: "user", reason: format!("invalid JSON: {e}") }),
+        "application/octet-stream" => Ok(EventData::Binary(body)),
+        _ => Err(ProtocolError::UnsupportedContentType(ct)),
+    }
+}
+
+fn json_body<T: for<'de> Deserialize<'de>>(event: &'static str, body: &[u8]) -> Result<T, ProtocolError> {
+    serde_json::from_slice(body).map_err(|e| ProtocolError::InvalidBody { event, reason: e.to_string() })
+}
+
+fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    s.get(..prefix.len())
+        .filter(|p| p.eq_ignore_ascii_case(prefix))
+        .map(|_| &s[prefix.len()..])
+}
+
+/// `http` lower-cases names on lookup, so the canonical spellings here match any case on the wire.
+fn optional(headers: &HeaderMap, name: &'static str) -> Result<Option<String>, ProtocolError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(s.trim().to_string()))
+            .map_err(|_| ProtocolError::InvalidHeader { name, reason: "not visible ASCII".into() }),
+    }
+}
+
+fn required(headers: &HeaderMap, name: &'static str) -> Result<String, ProtocolError> {
+    optional(headers, name)?
+        .filter(|s| !s.is_empty())
+        .ok_or(ProtocolError::MissingHeader(name))
+}

@@ -1,0 +1,22 @@
+//! The Web PubSub CloudEvents wire format, both directions, with no I/O: parse and verify a
+//! webhook into a typed [`Webhook`], answer the abuse-protection probe, build the typed
+//! responses, and (for the emulator) build and sign webhooks.
+
+mod error;
+mod event;
+mod handshake;
+mod outgoing;
+mod response;
+mod signature;
+mod state;
+
+pub use error::ProtocolError;
+pub use event::*;
+pub use handshake::AllowedOrigins;
+pub use outgoing::{build_webhook, now_rfc3339};
+pub use response::*;
+pub use signature::{sign, SignatureVerifier};
+pub use state::ConnectionState;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,74 @@
+//! Building a webhook the way the service sends it: used by the emulator and by tests, and the
+//! mirror image of [`super::WebhookParser`].
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::{sign, Event, EventContext, EventData, ProtocolError, TYPE_PREFIX_SYS, TYPE_PREFIX_USER};
+
+/// Headers and body of the `POST` for `event`, signed with `keys` (none: unsigned).
+pub fn build_webhook(ctx: &EventContext, event: &Event, keys: &[&str]) -> Result<(HeaderMap, Bytes), ProtocolError> {
+    let mut h = HeaderMap::new();
+    let mut put = |name: &'static str, value: &str| -> Result<(), ProtocolError> {
+        let v = HeaderValue::from_bytes(value.as_bytes())
+            .map_err(|_| ProtocolError::InvalidHeader { name, reason: "cannot be sent as a header".into() })?;
+        h.append(HeaderName::from_static(name), v);
+        Ok(())
+    };
+    let (ce_type, content_type, body): (String, &str, Bytes) = match event {
+        Event::Connect(req) => (
+            format!("{TYPE_PREFIX_SYS}connect"),
+            "application/json; charset=utf-8",
+            serde_json::to_vec(req).expect("connect request serialises").into(),
+        ),
+        Event::Connected => (format!("{TYPE_PREFIX_SYS}connected"), "application/json; charset=utf-8", Bytes::from_static(b"{}")),
+        Event::Disconnected(d) => (
+            format!("{TYPE_PREFIX_SYS}disconnected"),
+            "application/json; charset=utf-8",
+            serde_json::json!({ "reason": d.reason }).to_string().into(),
+        ),
+        Event::User(u) => {
+            let (ct, body) = match &u.data {
+                EventData::Text(s) => ("text/plain", Bytes::copy_from_slice(s.as_bytes())),
+                EventData::Json(v) => ("application/json", serde_json::to_vec(v).expect("json serialises").into()),
+                EventData::Binary(b) => ("application/octet-stream", b.clone()),
+            };
+            (format!("{TYPE_PREFIX_USER}{}", u.name), ct, body)
+        }
+    };
+    put("content-type", content_type)?;
+    put("ce-specversion", "1.0")?;
+    put("ce-awpsversion", "1.0")?;
+    put("ce-type", &ce_type)?;
+    put("ce-source", &format!("/hubs/{}/client/{}", ctx.hub, ctx.connection_id))?;
+    put("ce-id", &ctx.ce_id)?;
+    let time = ctx.ce_time.clone().unwrap_or_else(now_rfc3339);
+    put("ce-time", &time)?;
+    if !keys.is_empty() {
+        put("ce-signature", &sign(keys.iter().copied(), &ctx.connection_id))?;
+    }
+    if let Some(u) = &ctx.user_id {
+        put("ce-userid", u)?;
+    }
+    put("ce-connectionid", &ctx.connection_id)?;
+    put("ce-hub", &ctx.hub)?;
+    put("ce-eventname", &ctx.event_name)?;
+    if let Some(p) = &ctx.subprotocol {
+        put("ce-subprotocol", p)?;
+    }
+    if !ctx.state.is_empty() {
+        put("ce-connectionstate", &ctx.state.encode())?;
+    }
+    if let Some(o) = &ctx.origin {
+        put("webhook-request-origin", o)?;
+    }
+    Ok((h, body))
+}
+
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
