@@ -1,0 +1,183 @@
+//! `Endpoint=https://x.webpubsub.azure.com;AccessKey=...;Version=1.0;[Port=...]`
+
+use std::fmt;
+
+use url::Url;
+
+use super::ServiceError;
+
+/// An access key. Its `Debug`/`Display` never print it: the only way to the bytes is
+/// [`AccessKey::expose`], which signing code calls.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessKey(String);
+
+impl AccessKey {
+    pub fn new(key: impl Into<String>) -> Self {
+        AccessKey(key.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for AccessKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AccessKey(<redacted>)")
+    }
+}
+
+impl fmt::Display for AccessKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnectionString {
+    /// scheme://host[:port], no path, no trailing slash; default ports dropped.
+    endpoint: Url,
+    pub access_key: AccessKey,
+}
+
+impl fmt::Debug for ConnectionString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConnectionString(Endpoint={};AccessKey=<redacted>)", self.origin())
+    }
+}
+
+impl ConnectionString {
+    pub fn new(endpoint: &str, access_key: AccessKey, port: Option<u16>) -> Result<Self, ServiceError> {
+        let invalid = |why: &str| ServiceError::ConnectionString(format!("invalid Endpoint {endpoint:?}: {why}"));
+        let with_scheme = if endpoint.contains("://") { endpoint.to_string() } else { format!("https://{endpoint}") };
+        let mut url = Url::parse(with_scheme.trim_end_matches('/')).map_err(|e| invalid(&e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(invalid("scheme must be http or https"));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(invalid("no host"));
+        }
+        if port.is_some() {
+            url.set_port(port).map_err(|_| invalid("cannot carry a port"))?;
+        }
+        url.set_path("");
+        url.set_query(None);
+        url.set_fragment(None);
+        if access_key.expose().is_empty() {
+            return Err(ServiceError::ConnectionString("AccessKey is empty".into()));
+        }
+        Ok(ConnectionString { endpoint: url, access_key })
+    }
+
+    /// Keys are case-insensitive and order-free; values split on the first `=` (keys end in `=`);
+    /// unknown keys are ignored. Errors name the missing part and never echo the key.
+    pub fn parse(s: &str) -> Result<Self, ServiceError> {
+        let (mut endpoint, mut key, mut port) = (None, None, None);
+        for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((k, v)) = part.split_once('=') else {
+                return Err(ServiceError::ConnectionString(format!(
+                    "segment {:?} is not Key=Value",
+                    part.chars().take(20).collect::<String>()
+                )));
+            };
+            match k.trim().to_ascii_lowercase().as_str() {
+                "endpoint" => endpoint = Some(v.trim().to_string()),
+                "accesskey" => key = Some(v.trim().to_string()),
+                "port" => {
+                    let p: u16 = v.trim().parse().ok().filter(|p| *p > 0).ok_or_else(|| {
+                        ServiceError::ConnectionString(format!("invalid Port value {:?}", v.trim()))
+                    })?;
+                    port = Some(p);
+                }
+                _ => {}
+            }
+        }
+        let endpoint = endpoint.ok_or_else(|| ServiceError::ConnectionString("no Endpoint".into()))?;
+        let key = key.ok_or_else(|| ServiceError::ConnectionString("no AccessKey (identity auth is not supported)".into()))?;
+        ConnectionString::new(&endpoint, AccessKey::new(key), port)
+    }
+
+    /// `http(s)://host[:port]` — the base of REST URLs and of client-token audiences.
+    pub fn origin(&self) -> &str {
+        self.endpoint.as_str().trim_end_matches('/')
+    }
+
+    pub fn host(&self) -> &str {
+        self.endpoint.host_str().unwrap_or_default()
+    }
+
+    /// True for localhost / 127.0.0.0/8 / ::1: local development, where an open negotiate is safe.
+    pub fn is_loopback(&self) -> bool {
+        match self.endpoint.host() {
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        }
+    }
+
+    /// The audience of client access tokens: `http(s)://host[:port]/client/hubs/{hub}`.
+    pub fn client_audience(&self, hub: &str) -> String {
+        format!("{}/client/hubs/{hub}", self.origin())
+    }
+
+    /// `ws(s)://host[:port]/client/hubs/{hub}`.
+    pub fn client_base_url(&self, hub: &str) -> String {
+        let origin = self.origin();
+        let ws = match origin.strip_prefix("https://") {
+            Some(rest) => format!("wss://{rest}"),
+            None => format!("ws://{}", origin.trim_start_matches("http://")),
+        };
+        format!("{ws}/client/hubs/{hub}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCDEFGH";
+
+    #[test]
+    fn parses_the_reference_forms() {
+        let c = ConnectionString::parse(&format!("Endpoint=https://contoso.webpubsub.azure.com;AccessKey={KEY};Version=1.0;")).unwrap();
+        assert_eq!(c.origin(), "https://contoso.webpubsub.azure.com");
+        assert_eq!(c.access_key.expose(), KEY);
+        assert_eq!(c.client_base_url("chat"), "wss://contoso.webpubsub.azure.com/client/hubs/chat");
+        assert_eq!(c.client_audience("chat"), "https://contoso.webpubsub.azure.com/client/hubs/chat");
+        assert!(!c.is_loopback());
+
+        let c = ConnectionString::parse(&format!("Endpoint=http://localhost;Port=8080;AccessKey={KEY}")).unwrap();
+        assert_eq!(c.origin(), "http://localhost:8080");
+        assert_eq!(c.client_base_url("chat"), "ws://localhost:8080/client/hubs/chat");
+        assert_eq!(c.client_audience("chat"), "http://localhost:8080/client/hubs/chat");
+        assert!(c.is_loopback());
+
+        let c = ConnectionString::parse(&format!("Endpoint=https://contoso.webpubsub.azure.com/;Port=443;AccessKey={KEY}")).unwrap();
+        assert_eq!(c.origin(), "https://contoso.webpubsub.azure.com");
+    }
+
+    #[test]
+    fn keys_are_case_insensitive_order_free_and_values_keep_equals() {
+        let c = ConnectionString::parse("accesskey=abc==;VERSION=1.0;ClientId=x;endpoint=contoso.example").unwrap();
+        assert_eq!(c.access_key.expose(), "abc==");
+        assert_eq!(c.origin(), "https://contoso.example");
+        assert!(ConnectionString::parse("Endpoint=http://127.0.0.1:9;AccessKey=k").unwrap().is_loopback());
+    }
+
+    #[test]
+    fn errors_name_the_missing_part_and_never_the_key() {
+        let err = |s: &str| ConnectionString::parse(s).unwrap_err().to_string();
+        assert!(err(&format!("AccessKey={KEY}")).contains("no Endpoint"));
+        assert!(err("Endpoint=https://x").contains("no AccessKey"));
+        assert!(err(&format!("Endpoint=https://x;AccessKey={KEY};Port=http")).contains("invalid Port value"));
+        assert!(err(&format!("Endpoint=https://x;AccessKey={KEY};Port=0")).contains("invalid Port value"));
+        assert!(err(&format!("Endpoint=ftp://x;AccessKey={KEY}")).contains("scheme"));
+        assert!(err(&format!("Endpoint=https://x;{KEY}")).contains("not Key=Value"));
+        assert!(err("Endpoint=https://x;AccessKey=").contains("empty"));
+        for s in [format!("AccessKey={KEY}"), format!("Endpoint=ftp://x;AccessKey={KEY}"), format!("Endpoint=https://x;{KEY}x=")] {
+            assert!(!err(&s).contains(KEY), "{}", err(&s));
+        }
+        let c = ConnectionString::parse(&format!("Endpoint=https://x;AccessKey={KEY}")).unwrap();
+        assert!(!format!("{c:?} {:?} {}", c.access_key, c.access_key).contains(KEY));
+    }
+}
