@@ -1,0 +1,1 @@
+//! DynamoDB backend (see the cloud-targets issue).

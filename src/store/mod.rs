@@ -1,0 +1,160 @@
+//! Where chat messages live: the [`MessageStore`] trait and its backends — [`sqlite`] (the
+//! embedded default) and [`dynamodb`].
+//!
+//! Every backend keys a message by room plus an id derived from the event (time + a hash of
+//! connection id and `ce-id`), so the retry of a webhook maps to the row it already wrote.
+
+pub mod dynamodb;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// A message to append, as the chat rules built it from a webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    pub room: String,
+    pub connection_id: String,
+    pub ce_id: String,
+    pub user_id: Option<String>,
+    pub text: String,
+    /// Milliseconds since the epoch: the event's `ce-time` where it has one.
+    pub at_ms: i64,
+}
+
+impl NewMessage {
+    /// `<13-digit ms>-<16 hex of sha256(connection id, ce-id)>`: sorts by time, and the same
+    /// delivery always gets the same id.
+    pub fn id(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.connection_id.as_bytes());
+        h.update([0u8]);
+        h.update(self.ce_id.as_bytes());
+        let digest = h.finalize();
+        format!("{:013}-{}", self.at_ms.max(0), hex::encode(&digest[..8]))
+    }
+}
+
+/// A stored message, as history returns it (and as the broadcast describes it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredMessage {
+    pub id: String,
+    pub room: String,
+    pub from: Option<String>,
+    #[serde(rename = "connectionId")]
+    pub connection_id: String,
+    pub text: String,
+    pub at: String,
+}
+
+impl StoredMessage {
+    pub fn from_new(m: &NewMessage) -> Self {
+        StoredMessage {
+            id: m.id(),
+            room: m.room.clone(),
+            from: m.user_id.clone(),
+            connection_id: m.connection_id.clone(),
+            text: m.text.clone(),
+            at: format_ms(m.at_ms),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub message: StoredMessage,
+    /// False when this delivery was stored before (a retried webhook).
+    pub inserted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Page {
+    pub messages: Vec<StoredMessage>,
+    /// Pass as `before` to get the next (older) page; `None` at the end.
+    pub next: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The backend cannot be reached or is overloaded: worth retrying later (503).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The backend answered with an error (500).
+    #[error("store error: {0}")]
+    Failed(String),
+    #[error("invalid cursor")]
+    BadCursor,
+}
+
+#[async_trait::async_trait]
+pub trait MessageStore: Send + Sync + 'static {
+    /// Durably stores `m` unless this delivery (connection id + ce-id) is already stored, in
+    /// which case the stored message is returned with `inserted: false`.
+    async fn append(&self, m: NewMessage) -> Result<Appended, StoreError>;
+
+    /// Records that a delivery was processed; false if it had been before. Used for events that
+    /// store nothing themselves (join/leave notices) so a retry does not broadcast twice.
+    async fn claim_delivery(&self, connection_id: &str, ce_id: &str) -> Result<bool, StoreError>;
+
+    /// Newest first; `before` is a cursor from a previous page.
+    async fn history(&self, room: &str, limit: usize, before: Option<&str>) -> Result<Page, StoreError>;
+
+    async fn health(&self) -> Result<(), StoreError>;
+
+    fn describe(&self) -> String;
+}
+
+pub type SharedStore = Arc<dyn MessageStore>;
+
+/// Cursors are opaque to clients: the id of the last message returned, base64url'd.
+pub fn encode_cursor(id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(id)
+}
+
+pub fn decode_cursor(c: &str) -> Result<String, StoreError> {
+    let bytes = URL_SAFE_NO_PAD.decode(c).map_err(|_| StoreError::BadCursor)?;
+    let id = String::from_utf8(bytes).map_err(|_| StoreError::BadCursor)?;
+    let valid = id.len() == 30 && id.as_bytes()[13] == b'-' && id.bytes().enumerate().all(|(i, b)| i == 13 || b.is_ascii_hexdigit());
+    valid.then_some(id).ok_or(StoreError::BadCursor)
+}
+
+pub fn format_ms(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let f = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    t.format(&f).unwrap_or_default()
+}
+
+pub const MAX_PAGE: usize = 200;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_deterministic_and_time_ordered() {
+        let m = NewMessage {
+            room: "lobby".into(),
+            connection_id: "c1".into(),
+            ce_id: "1".into(),
+            user_id: None,
+            text: "hi".into(),
+            at_ms: 1_700_000_000_123,
+        };
+        assert_eq!(m.id(), m.clone().id());
+        assert!(m.id().starts_with("1700000000123-"));
+        let later = NewMessage { at_ms: m.at_ms + 1, ..m.clone() };
+        assert!(later.id() > m.id());
+        let other = NewMessage { ce_id: "2".into(), ..m.clone() };
+        assert_ne!(other.id(), m.id());
+        assert_eq!(decode_cursor(&encode_cursor(&m.id())).unwrap(), m.id());
+        for bad in ["", "!!", "aGVsbG8", &encode_cursor("1700000000123-zzzzzzzzzzzzzzzz")] {
+            assert_eq!(decode_cursor(bad), Err(StoreError::BadCursor), "{bad}");
+        }
+        assert_eq!(format_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+}
