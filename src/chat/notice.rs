@@ -1,0 +1,27 @@
+use serde_json::{json, Value};
+
+use crate::protocol::EventContext;
+
+/// Join and leave notices broadcast to a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    Joined,
+    Left,
+}
+
+impl Notice {
+    pub fn event(self) -> &'static str {
+        match self {
+            Notice::Joined => "connected",
+            Notice::Left => "disconnected",
+        }
+    }
+
+    pub fn payload(self, room: &str, ctx: &EventContext, at: &str) -> Value {
+        let kind = match self {
+            Notice::Joined => "joined",
+            Notice::Left => "left",
+        };
+        json!({ "type": kind, "room": room, "userId": ctx.user_id, "connectionId": ctx.connection_id, "at": at })
+    }
+}
