@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The README's test command: installs what the tests need (the official npm SDKs and dynalite,
+# pinned in tests/js/package-lock.json; cfn-lint from PyPI), then runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v cargo >/dev/null || { echo "test.sh: cargo is required (https://rustup.rs)" >&2; exit 1; }
+bash scripts/js-deps.sh
+
+# cfn-lint validates the SAM template (pinned; installed once into .venv-tools).
+if [ ! -x .venv-tools/bin/cfn-lint ]; then
+  echo "test.sh: installing cfn-lint into .venv-tools" >&2
+  python3 -m venv .venv-tools
+  .venv-tools/bin/pip install --quiet 'cfn-lint==1.58.0'
+fi
+if [ -f template.yaml ]; then
+  .venv-tools/bin/cfn-lint template.yaml
+  echo "cfn-lint template.yaml: ok"
+fi
+
+cargo test --all-targets "$@"

@@ -1,0 +1,264 @@
+//! The built binary under the two cloud runtimes, driven the way each platform drives it:
+//! a loopback stand-in for the AWS Lambda Runtime API delivering Function URL (payload v2)
+//! events, and the Azure Functions host's forwarded HTTP requests on `FUNCTIONS_CUSTOMHANDLER_PORT`.
+
+mod support;
+
+use std::collections::VecDeque;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use hubhook::protocol::{build_webhook, ConnectRequest, Event};
+use serde_json::{json, Value};
+use support::*;
+use tokio::sync::{mpsc, Notify};
+
+struct KillOnDrop(Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The slice of the Lambda Runtime API a function uses: `next` hands out queued events, the
+/// function posts each response (or an error) back.
+#[derive(Clone, Default)]
+struct RuntimeApi {
+    queue: Arc<Mutex<VecDeque<(String, Value)>>>,
+    ready: Arc<Notify>,
+    results: Arc<Mutex<Option<mpsc::UnboundedSender<(String, Value)>>>>,
+}
+
+async fn next(State(api): State<RuntimeApi>) -> impl IntoResponse {
+    loop {
+        if let Some((id, event)) = api.queue.lock().unwrap().pop_front() {
+            let mut h = HeaderMap::new();
+            h.insert("lambda-runtime-aws-request-id", id.parse().unwrap());
+            let deadline = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() + 30_000;
+            h.insert("lambda-runtime-deadline-ms", deadline.to_string().parse().unwrap());
+            h.insert("lambda-runtime-invoked-function-arn", "arn:aws:lambda:us-east-1:123456789012:function:hubhook".parse().unwrap());
+            h.insert("lambda-runtime-trace-id", "Root=1-00000000-000000000000000000000000".parse().unwrap());
+            return (h, Json(event));
+        }
+        api.ready.notified().await;
+    }
+}
+
+async fn response(State(api): State<RuntimeApi>, Path(id): Path<String>, body: axum::body::Bytes) -> StatusCode {
+    let v: Value = serde_json::from_slice(&body).unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&body)}));
+    if let Some(tx) = api.results.lock().unwrap().as_ref() {
+        let _ = tx.send((id, v));
+    }
+    StatusCode::ACCEPTED
+}
+
+async fn error(State(api): State<RuntimeApi>, Path(id): Path<String>, body: axum::body::Bytes) -> StatusCode {
+    let v = json!({"error": String::from_utf8_lossy(&body)});
+    if let Some(tx) = api.results.lock().unwrap().as_ref() {
+        let _ = tx.send((id, v));
+    }
+    StatusCode::ACCEPTED
+}
+
+fn function_url_event(method: &str, path: &str, query: &str, headers: &HeaderMap, body: &[u8]) -> Value {
+    let mut hs = serde_json::Map::new();
+    for (k, v) in headers {
+        let v = v.to_str().unwrap().to_string();
+        // Function URLs join repeated headers with commas.
+        match hs.get_mut(k.as_str()) {
+            Some(Value::String(prev)) => *prev = format!("{prev},{v}"),
+            _ => drop(hs.insert(k.as_str().to_string(), Value::String(v))),
+        }
+    }
+    json!({
+        "version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": query,
+        "headers": hs,
+        "requestContext": {
+            "accountId": "anonymous", "apiId": "abc123", "domainName": "abc123.lambda-url.us-east-1.on.aws",
+            "domainPrefix": "abc123",
+            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": "test"},
+            "requestId": "r", "routeKey": "$default", "stage": "$default",
+            "time": "01/May/2024:10:00:00 +0000", "timeEpoch": 1714557600000u64
+        },
+        "body": B64.encode(body), "isBase64Encoded": true
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn hubhook(envs: &[(&str, String)]) -> KillOnDrop {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hubhook"));
+    c.env_remove("PORT").env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::inherit());
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    KillOnDrop(c.spawn().expect("start hubhook"))
+}
+
+fn signed(c: &hubhook::protocol::EventContext, e: &Event) -> (HeaderMap, Vec<u8>) {
+    let (h, b) = build_webhook(c, e, &[KEY]).unwrap();
+    (h, b.to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lambda_function_url_flow() {
+    let rest = RestStandIn::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let api = RuntimeApi::default();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    *api.results.lock().unwrap() = Some(tx);
+    let app = Router::new()
+        .route("/2018-06-01/runtime/invocation/next", get(next))
+        .route("/2018-06-01/runtime/invocation/{id}/response", post(response))
+        .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
+        .route("/2018-06-01/runtime/init/error", post(|body: String| async move {
+            eprintln!("init error: {body}");
+            StatusCode::ACCEPTED
+        }))
+        .with_state(api.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let runtime_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let _fn = hubhook(&[
+        ("AWS_LAMBDA_RUNTIME_API", runtime_addr.to_string()),
+        ("AWS_LAMBDA_FUNCTION_NAME", "hubhook".into()),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128".into()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".into()),
+        ("AWS_LAMBDA_LOG_STREAM_NAME", "s".into()),
+        ("AWS_LAMBDA_LOG_GROUP_NAME", "g".into()),
+        ("WEBPUBSUB_CONNECTION_STRING", rest.connection_string()),
+        ("HUBHOOK_ALLOWED_ORIGINS", "contoso.webpubsub.azure.com".into()),
+        ("HUBHOOK_STORE", format!("sqlite://{}", dir.path().join("l.db").display())),
+    ]);
+
+    let mut n = 0;
+    let mut invoke = |event: Value| {
+        n += 1;
+        let id = format!("req-{n}");
+        api.queue.lock().unwrap().push_back((id.clone(), event));
+        api.ready.notify_waiters();
+        api.ready.notify_one();
+        id
+    };
+    let mut recv = async |id: String| -> Value {
+        let (got, v) = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.expect("lambda answered").unwrap();
+        assert_eq!(got, id);
+        v
+    };
+    let body_of = |v: &Value| -> Vec<u8> {
+        let b = v["body"].as_str().unwrap_or_default();
+        if v["isBase64Encoded"].as_bool() == Some(true) { B64.decode(b).unwrap() } else { b.as_bytes().to_vec() }
+    };
+
+    // 1. abuse-protection handshake
+    let mut h = HeaderMap::new();
+    h.insert("webhook-request-origin", "contoso.webpubsub.azure.com".parse().unwrap());
+    let id = invoke(function_url_event("OPTIONS", "/eventhandler", "", &h, b""));
+    let v = recv(id).await;
+    assert_eq!(v["statusCode"], 200, "{v}");
+    assert_eq!(v["headers"]["webhook-allowed-origin"], "contoso.webpubsub.azure.com");
+
+    // 2. connect
+    let mut req = ConnectRequest::default();
+    req.query.insert("room".into(), vec!["lambda-room".into()]);
+    let c = ctx("c1", Some("alice"), "1", None);
+    let (h, b) = signed(&hubhook::protocol::EventContext { event_name: "connect".into(), ..c }, &Event::Connect(req));
+    let v = recv(invoke(function_url_event("POST", "/eventhandler", "", &h, &b))).await;
+    assert_eq!(v["statusCode"], 200, "{v}");
+    let connect: Value = serde_json::from_slice(&body_of(&v)).unwrap();
+    assert_eq!(connect["groups"], json!(["lambda-room"]));
+    let state = v["headers"]["ce-connectionstate"].as_str().unwrap().to_string();
+
+    // 3. message (binary-safe path: the body arrives base64 and must be decoded)
+    let mut c = ctx("c1", Some("alice"), "2", Some("lambda-room"));
+    c.event_name = "message".into();
+    let (mut h, b) = signed(&c, &message("from lambda"));
+    h.insert("ce-connectionstate", state.parse().unwrap());
+    let v = recv(invoke(function_url_event("POST", "/eventhandler/message", "", &h, &b))).await;
+    assert_eq!(v["statusCode"], 200, "{v}");
+    let reply: Value = serde_json::from_slice(&body_of(&v)).unwrap();
+    assert_eq!((reply["stored"].as_bool(), reply["broadcast"].as_bool()), (Some(true), Some(true)));
+    let calls = rest.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].path, "/api/hubs/chat/groups/lambda-room/:send");
+    assert_eq!(calls[0].json()["text"], "from lambda");
+
+    // 4. a forged event is refused with 401 and a reason
+    let (mut h, b) = signed(&c, &message("forged"));
+    h.insert("ce-signature", "sha256=00".parse().unwrap());
+    let v = recv(invoke(function_url_event("POST", "/eventhandler", "", &h, &b))).await;
+    assert_eq!(v["statusCode"], 401);
+    assert_eq!(body_of(&v), b"signature validation failed\n");
+
+    // 5. history
+    let v = recv(invoke(function_url_event("GET", "/api/messages", "room=lambda-room", &HeaderMap::new(), b""))).await;
+    assert_eq!(v["statusCode"], 200, "{v}");
+    let page: Value = serde_json::from_slice(&body_of(&v)).unwrap();
+    assert_eq!(page["messages"][0]["text"], "from lambda");
+    assert_eq!(page["messages"][0]["id"], reply["id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_functions_custom_handler_flow() {
+    let rest = RestStandIn::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _fn = hubhook(&[
+        ("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string()),
+        ("WEBPUBSUB_CONNECTION_STRING", rest.connection_string()),
+        ("HUBHOOK_ALLOWED_ORIGINS", "contoso.webpubsub.azure.com".into()),
+        ("HUBHOOK_STORE", format!("sqlite://{}", dir.path().join("f.db").display())),
+    ]);
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    // The host polls GET / until anything answers.
+    let mut up = false;
+    for _ in 0..400 {
+        if http.get(format!("{base}/")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(up, "custom handler did not listen on FUNCTIONS_CUSTOMHANDLER_PORT");
+    // What the host adds to every forwarded request.
+    let host = |r: reqwest::RequestBuilder| {
+        r.header("x-azure-functions-hostversion", "4.1040.0")
+            .header("x-azure-functions-invocationid", "0b2c9a1e-0000-0000-0000-000000000000")
+            .header("user-agent", "Azure-Functions-Host/4")
+    };
+    let r = host(http.request(reqwest::Method::OPTIONS, format!("{base}/eventhandler")))
+        .header("WebHook-Request-Origin", "contoso.webpubsub.azure.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["webhook-allowed-origin"], "contoso.webpubsub.azure.com");
+
+    let (h, b) = signed(
+        &hubhook::protocol::EventContext { event_name: "connected".into(), ..ctx("c9", Some("bob"), "1", Some("lobby")) },
+        &Event::Connected,
+    );
+    let r = host(http.post(format!("{base}/eventhandler"))).headers(h).body(b).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut c = ctx("c9", Some("bob"), "2", Some("lobby"));
+    c.event_name = "message".into();
+    let (h, b) = signed(&c, &message("from functions"));
+    let r = host(http.post(format!("{base}/eventhandler"))).headers(h).body(b).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let page: Value = host(http.get(format!("{base}/api/messages?room=lobby"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(page["messages"][0]["text"], "from functions");
+    let kinds: Vec<String> = rest.calls().iter().map(|c| c.json()["type"].as_str().unwrap().to_string()).collect();
+    assert_eq!(kinds, ["joined", "message"]);
+}
