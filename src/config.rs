@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// `Endpoint=...;AccessKey=...;Version=1.0;` of the Web PubSub resource.
     #[arg(long, env = "WEBPUBSUB_CONNECTION_STRING", hide_env_values = true)]
     pub connection_string: Option<String>,
+    /// AWS Secrets Manager secret holding the connection string, read once at cold start
+    /// (used when WEBPUBSUB_CONNECTION_STRING is not set).
+    #[arg(long, env = "WEBPUBSUB_CONNECTION_STRING_SECRET_ARN")]
+    pub connection_string_secret_arn: Option<String>,
     /// Hub served by this handler.
     #[arg(long, env = "WEBPUBSUB_HUB")]
     pub hub: Option<String>,

@@ -55,7 +55,8 @@ async fn main() {
 async fn run(command: Option<Command>, runtime: Runtime) -> anyhow::Result<()> {
     let command = command.unwrap_or_else(|| Command::Serve(ServeArgs::parse_env()));
     match command {
-        Command::Serve(args) => {
+        Command::Serve(mut args) => {
+            runtime::resolve_secret(&mut args).await?;
             let mut config = Config::from_args(&args, &Defaults::serve())?;
             match runtime {
                 Runtime::Lambda => {

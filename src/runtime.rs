@@ -8,7 +8,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::chat::Chat;
-use crate::config::{Config, StoreSpec};
+use crate::config::{Config, ConfigError, ServeArgs, StoreSpec};
 use crate::http::{router, AppState};
 use crate::protocol::{SignatureVerifier, WebhookParser};
 use crate::service::{RetryPolicy, ServiceClient};
@@ -109,6 +109,31 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// Fills in the connection string from AWS Secrets Manager when only its ARN is configured.
+/// Done once per process: a Lambda container pays one `GetSecretValue` at cold start, and the
+/// key never sits in the function's plain environment or the CloudFormation template.
+pub async fn resolve_secret(args: &mut ServeArgs) -> Result<(), ConfigError> {
+    let Some(arn) = args.connection_string_secret_arn.clone().filter(|a| !a.is_empty()) else { return Ok(()) };
+    if args.connection_string.is_some() {
+        return Ok(());
+    }
+    let fail = |reason: String| ConfigError { var: "WEBPUBSUB_CONNECTION_STRING_SECRET_ARN", reason };
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .operation_timeout(std::time::Duration::from_secs(5))
+        .build();
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(timeouts).load().await;
+    let out = aws_sdk_secretsmanager::Client::new(&sdk)
+        .get_secret_value()
+        .secret_id(&arn)
+        .send()
+        .await
+        .map_err(|e| fail(format!("cannot read the secret: {}", aws_sdk_secretsmanager::error::DisplayErrorContext(&e))))?;
+    let value = out.secret_string().ok_or_else(|| fail("the secret has no string value".into()))?;
+    args.connection_string = Some(value.trim().to_string());
+    Ok(())
 }
 
 pub async fn run_lambda(router: Router) -> anyhow::Result<()> {

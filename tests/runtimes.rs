@@ -262,3 +262,24 @@ async fn azure_functions_custom_handler_flow() {
     let kinds: Vec<String> = rest.calls().iter().map(|c| c.json()["type"].as_str().unwrap().to_string()).collect();
     assert_eq!(kinds, ["joined", "message"]);
 }
+
+/// The Functions host is not installable here (its binary comes from a CDN), so the files it
+/// reads are checked for the settings the flow above depends on.
+#[test]
+fn azure_functions_files_forward_every_route() {
+    let read = |p: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(format!("{}/{p}", env!("CARGO_MANIFEST_DIR"))).unwrap()).unwrap()
+    };
+    let host = read("azure/host.json");
+    assert_eq!(host["customHandler"]["enableForwardingHttpRequest"], true);
+    assert_eq!(host["customHandler"]["description"]["defaultExecutablePath"], "hubhook");
+    assert_eq!(host["extensions"]["http"]["routePrefix"], "");
+    let f = read("azure/hubhook/function.json");
+    let trigger = &f["bindings"][0];
+    assert_eq!(trigger["authLevel"], "anonymous");
+    assert_eq!(trigger["route"], "{*path}");
+    for m in ["get", "post", "options"] {
+        assert!(trigger["methods"].as_array().unwrap().contains(&json!(m)), "{m}");
+    }
+    assert_eq!(f["bindings"].as_array().unwrap().len(), 2, "forwarding needs exactly one http in + one http out");
+}
