@@ -274,7 +274,7 @@ fn azure_functions_files_forward_every_route() {
     assert_eq!(host["customHandler"]["enableForwardingHttpRequest"], true);
     assert_eq!(host["customHandler"]["description"]["defaultExecutablePath"], "hubhook");
     assert_eq!(host["extensions"]["http"]["routePrefix"], "");
-    let f = read("azure/hubhook/function.json");
+    let f = read("azure/handler/function.json");
     let trigger = &f["bindings"][0];
     assert_eq!(trigger["authLevel"], "anonymous");
     assert_eq!(trigger["route"], "{*path}");
