@@ -1,3 +1,21 @@
+//! hubhook: an Azure Web PubSub event handler.
+//!
+//! Web PubSub keeps the WebSocket connections and calls this crate's router with CloudEvents
+//! webhooks. A request flows through the modules in this order:
+//!
+//! * [`protocol`] — the wire format, pure and framework-free: parse a webhook into a typed
+//!   [`protocol::Webhook`] after checking `ce-signature` ([`protocol::SignatureVerifier`]), answer the
+//!   abuse-protection probe ([`protocol::AllowedOrigins`]), build responses, and (for the emulator and
+//!   tests) build signed webhooks.
+//! * [`chat`] — the application rules: who connects to which room, what is stored, what is broadcast.
+//! * [`store`] — [`store::MessageStore`] and its backends: [`store::sqlite`] (embedded default, group
+//!   commit) and [`store::dynamodb`]; appends are idempotent per delivery (connection id + `ce-id`).
+//! * [`service`] — connection strings, REST and client JWTs, and the REST client used for broadcasts.
+//! * [`http`] — the one axum router (event handler, `/negotiate`, `/api/messages`, `/healthz`).
+//! * [`runtime`] — chooses AWS Lambda, an Azure Functions custom handler or a plain server, and builds
+//!   everything once per process.
+//! * [`config`] — one validated [`config::Config`] from flags and environment variables.
+
 pub mod chat;
 pub mod config;
 pub mod http;
