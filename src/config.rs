@@ -21,7 +21,10 @@ pub struct ConfigError {
 }
 
 fn err(var: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError { var, reason: reason.into() }
+    ConfigError {
+        var,
+        reason: reason.into(),
+    }
 }
 
 /// Flags of `hubhook serve` (and the function side of `hubhook dev`). Values stay strings here so
@@ -91,11 +94,15 @@ impl StoreSpec {
             }
             Ok(StoreSpec::Sqlite(PathBuf::from(p)))
         } else if let Some(t) = s.strip_prefix("dynamodb://") {
-            let ok = (3..=255).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            let ok = (3..=255).contains(&t.len())
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
             if !ok {
                 return Err(format!("{t:?} is not a DynamoDB table name"));
             }
-            Ok(StoreSpec::Dynamo { table: t.to_string() })
+            Ok(StoreSpec::Dynamo {
+                table: t.to_string(),
+            })
         } else {
             Err(format!("{s:?}: expected sqlite://PATH or dynamodb://TABLE"))
         }
@@ -129,7 +136,11 @@ pub struct Defaults {
 
 impl Defaults {
     pub fn serve() -> Self {
-        Defaults { port: 8080, bind: IpAddr::from([0, 0, 0, 0]), connection_string: None }
+        Defaults {
+            port: 8080,
+            bind: IpAddr::from([0, 0, 0, 0]),
+            connection_string: None,
+        }
     }
     pub fn dev(emulator_port: u16) -> Self {
         Defaults {
@@ -151,15 +162,24 @@ fn parse_bool(var: &'static str, v: Option<&str>, default: bool) -> Result<bool,
     }
 }
 
-fn parse_num<T: std::str::FromStr>(var: &'static str, v: &str, what: &str) -> Result<T, ConfigError> {
-    v.trim().parse().map_err(|_| err(var, format!("{v:?} is not {what}")))
+fn parse_num<T: std::str::FromStr>(
+    var: &'static str,
+    v: &str,
+    what: &str,
+) -> Result<T, ConfigError> {
+    v.trim()
+        .parse()
+        .map_err(|_| err(var, format!("{v:?} is not {what}")))
 }
 
 pub fn validate_hub(hub: &str) -> Result<(), String> {
     let mut bytes = hub.bytes();
     let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphabetic());
-    let rest_ok = hub.len() <= 128 && bytes.all(|b| b.is_ascii_alphanumeric() || b"_`,.[]".contains(&b));
-    (first_ok && rest_ok).then_some(()).ok_or_else(|| format!("{hub:?} is not a hub name (a letter, then up to 127 of A-Z a-z 0-9 _ ` , . [ ])"))
+    let rest_ok =
+        hub.len() <= 128 && bytes.all(|b| b.is_ascii_alphanumeric() || b"_`,.[]".contains(&b));
+    (first_ok && rest_ok).then_some(()).ok_or_else(|| {
+        format!("{hub:?} is not a hub name (a letter, then up to 127 of A-Z a-z 0-9 _ ` , . [ ])")
+    })
 }
 
 impl Config {
@@ -177,43 +197,81 @@ impl Config {
             .clone()
             .or_else(|| d.connection_string.clone())
             .ok_or_else(|| err("WEBPUBSUB_CONNECTION_STRING", "is required (Endpoint=https://<name>.webpubsub.azure.com;AccessKey=...;Version=1.0;)"))?;
-        let connection_string =
-            ConnectionString::parse(&cs_text).map_err(|e| err("WEBPUBSUB_CONNECTION_STRING", e.to_string()))?;
+        let connection_string = ConnectionString::parse(&cs_text)
+            .map_err(|e| err("WEBPUBSUB_CONNECTION_STRING", e.to_string()))?;
         let hub = a.hub.clone().unwrap_or_else(|| "chat".into());
         validate_hub(&hub).map_err(|e| err("WEBPUBSUB_HUB", e))?;
 
         let mut signature_keys = vec![connection_string.access_key.clone()];
-        for k in a.access_keys.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|k| !k.is_empty()) {
+        for k in a
+            .access_keys
+            .iter()
+            .flat_map(|s| s.split(','))
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+        {
             signature_keys.push(AccessKey::new(k));
         }
-        let verify_signatures = !parse_bool("HUBHOOK_INSECURE_SKIP_SIGNATURE", a.insecure_skip_signature.as_deref(), false)?;
+        let verify_signatures = !parse_bool(
+            "HUBHOOK_INSECURE_SKIP_SIGNATURE",
+            a.insecure_skip_signature.as_deref(),
+            false,
+        )?;
 
         let allowed_origins = match &a.allowed_origins {
             Some(s) => AllowedOrigins::parse(s).map_err(|e| err("HUBHOOK_ALLOWED_ORIGINS", e))?,
             None => AllowedOrigins::Hosts(vec![connection_string.host().to_ascii_lowercase()]),
         };
-        let store = StoreSpec::parse(a.store.as_deref().unwrap_or("sqlite://hubhook.db")).map_err(|e| err("HUBHOOK_STORE", e))?;
+        let store = StoreSpec::parse(a.store.as_deref().unwrap_or("sqlite://hubhook.db"))
+            .map_err(|e| err("HUBHOOK_STORE", e))?;
         let negotiate_open = match a.negotiate.as_deref().map(str::trim) {
             None => connection_string.is_loopback(),
             Some("open") => true,
             Some("off") => false,
-            Some(other) => return Err(err("HUBHOOK_NEGOTIATE", format!("expected open or off, got {other:?}"))),
+            Some(other) => {
+                return Err(err(
+                    "HUBHOOK_NEGOTIATE",
+                    format!("expected open or off, got {other:?}"),
+                ))
+            }
         };
         let max_message_bytes = match &a.max_message_bytes {
             Some(v) => parse_num::<usize>("HUBHOOK_MAX_MESSAGE_BYTES", v, "a byte count")?,
             None => 64 * 1024,
         };
         if max_message_bytes == 0 || max_message_bytes > 1024 * 1024 {
-            return Err(err("HUBHOOK_MAX_MESSAGE_BYTES", "must be between 1 and 1048576"));
+            return Err(err(
+                "HUBHOOK_MAX_MESSAGE_BYTES",
+                "must be between 1 and 1048576",
+            ));
         }
-        let relay_events: Vec<String> =
-            a.relay_events.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+        let relay_events: Vec<String> = a
+            .relay_events
+            .iter()
+            .flat_map(|s| s.split(','))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
         if relay_events.iter().any(|e| e == "message") {
-            return Err(err("HUBHOOK_RELAY_EVENTS", "\"message\" is the stored chat event and cannot be relayed"));
+            return Err(err(
+                "HUBHOOK_RELAY_EVENTS",
+                "\"message\" is the stored chat event and cannot be relayed",
+            ));
         }
-        let event_path = a.event_path.clone().unwrap_or_else(|| "/eventhandler".into());
-        if !event_path.starts_with('/') || event_path.len() < 2 || event_path.ends_with('/') || event_path.contains(['{', '}', '*', ':']) {
-            return Err(err("HUBHOOK_EVENT_PATH", format!("{event_path:?} must look like /eventhandler")));
+        let event_path = a
+            .event_path
+            .clone()
+            .unwrap_or_else(|| "/eventhandler".into());
+        if !event_path.starts_with('/')
+            || event_path.len() < 2
+            || event_path.ends_with('/')
+            || event_path.contains(['{', '}', '*', ':'])
+        {
+            return Err(err(
+                "HUBHOOK_EVENT_PATH",
+                format!("{event_path:?} must look like /eventhandler"),
+            ));
         }
         let retention_days = a
             .retention_days
@@ -234,7 +292,11 @@ impl Config {
             store,
             negotiate_open,
             chat: ChatConfig {
-                allow_anonymous: parse_bool("HUBHOOK_ALLOW_ANONYMOUS", a.allow_anonymous.as_deref(), false)?,
+                allow_anonymous: parse_bool(
+                    "HUBHOOK_ALLOW_ANONYMOUS",
+                    a.allow_anonymous.as_deref(),
+                    false,
+                )?,
                 max_message_bytes,
                 default_room,
                 relay_events,
@@ -250,38 +312,96 @@ mod tests {
     use super::*;
 
     fn args(cs: &str) -> ServeArgs {
-        ServeArgs { connection_string: Some(cs.into()), ..Default::default() }
+        ServeArgs {
+            connection_string: Some(cs.into()),
+            ..Default::default()
+        }
     }
 
-    const CS: &str = "Endpoint=https://contoso.webpubsub.azure.com;AccessKey=secretkey123;Version=1.0;";
+    const CS: &str =
+        "Endpoint=https://contoso.webpubsub.azure.com;AccessKey=secretkey123;Version=1.0;";
 
     #[test]
     fn defaults() {
         let c = Config::from_args(&args(CS), &Defaults::serve()).unwrap();
-        assert_eq!((c.port, c.hub.as_str(), c.negotiate_open, c.verify_signatures), (8080, "chat", false, true));
+        assert_eq!(
+            (
+                c.port,
+                c.hub.as_str(),
+                c.negotiate_open,
+                c.verify_signatures
+            ),
+            (8080, "chat", false, true)
+        );
         assert_eq!(c.store, StoreSpec::Sqlite("hubhook.db".into()));
-        assert_eq!(c.allowed_origins, AllowedOrigins::Hosts(vec!["contoso.webpubsub.azure.com".into()]));
+        assert_eq!(
+            c.allowed_origins,
+            AllowedOrigins::Hosts(vec!["contoso.webpubsub.azure.com".into()])
+        );
         assert_eq!(c.chat.max_message_bytes, 65536);
         let d = Config::from_args(&ServeArgs::default(), &Defaults::dev(8080)).unwrap();
-        assert_eq!((d.port, d.negotiate_open, d.bind), (8081, true, IpAddr::from([127, 0, 0, 1])));
+        assert_eq!(
+            (d.port, d.negotiate_open, d.bind),
+            (8081, true, IpAddr::from([127, 0, 0, 1]))
+        );
         assert_eq!(d.connection_string.origin(), "http://localhost:8080");
     }
 
     #[test]
     fn errors_name_the_variable_and_hide_secrets() {
-        let e = |a: ServeArgs| Config::from_args(&a, &Defaults::serve()).unwrap_err().to_string();
+        let e = |a: ServeArgs| {
+            Config::from_args(&a, &Defaults::serve())
+                .unwrap_err()
+                .to_string()
+        };
         assert!(e(ServeArgs::default()).starts_with("WEBPUBSUB_CONNECTION_STRING: is required"));
-        assert!(e(args("Endpoint=https://x")).starts_with("WEBPUBSUB_CONNECTION_STRING: connection string: no AccessKey"));
-        assert!(e(ServeArgs { port: Some("http".into()), ..args(CS) }).starts_with("PORT:"));
-        assert!(e(ServeArgs { hub: Some("1hub".into()), ..args(CS) }).starts_with("WEBPUBSUB_HUB:"));
-        assert!(e(ServeArgs { store: Some("redis://x".into()), ..args(CS) }).starts_with("HUBHOOK_STORE:"));
-        assert!(e(ServeArgs { negotiate: Some("maybe".into()), ..args(CS) }).starts_with("HUBHOOK_NEGOTIATE:"));
-        assert!(e(ServeArgs { allow_anonymous: Some("perhaps".into()), ..args(CS) }).starts_with("HUBHOOK_ALLOW_ANONYMOUS:"));
-        assert!(e(ServeArgs { max_message_bytes: Some("0".into()), ..args(CS) }).starts_with("HUBHOOK_MAX_MESSAGE_BYTES:"));
-        assert!(e(ServeArgs { allowed_origins: Some(",".into()), ..args(CS) }).starts_with("HUBHOOK_ALLOWED_ORIGINS:"));
-        assert!(e(ServeArgs { event_path: Some("x".into()), ..args(CS) }).starts_with("HUBHOOK_EVENT_PATH:"));
+        assert!(e(args("Endpoint=https://x"))
+            .starts_with("WEBPUBSUB_CONNECTION_STRING: connection string: no AccessKey"));
+        assert!(e(ServeArgs {
+            port: Some("http".into()),
+            ..args(CS)
+        })
+        .starts_with("PORT:"));
+        assert!(e(ServeArgs {
+            hub: Some("1hub".into()),
+            ..args(CS)
+        })
+        .starts_with("WEBPUBSUB_HUB:"));
+        assert!(e(ServeArgs {
+            store: Some("redis://x".into()),
+            ..args(CS)
+        })
+        .starts_with("HUBHOOK_STORE:"));
+        assert!(e(ServeArgs {
+            negotiate: Some("maybe".into()),
+            ..args(CS)
+        })
+        .starts_with("HUBHOOK_NEGOTIATE:"));
+        assert!(e(ServeArgs {
+            allow_anonymous: Some("perhaps".into()),
+            ..args(CS)
+        })
+        .starts_with("HUBHOOK_ALLOW_ANONYMOUS:"));
+        assert!(e(ServeArgs {
+            max_message_bytes: Some("0".into()),
+            ..args(CS)
+        })
+        .starts_with("HUBHOOK_MAX_MESSAGE_BYTES:"));
+        assert!(e(ServeArgs {
+            allowed_origins: Some(",".into()),
+            ..args(CS)
+        })
+        .starts_with("HUBHOOK_ALLOWED_ORIGINS:"));
+        assert!(e(ServeArgs {
+            event_path: Some("x".into()),
+            ..args(CS)
+        })
+        .starts_with("HUBHOOK_EVENT_PATH:"));
         let bad_port = e(args("Endpoint=https://x;AccessKey=secretkey123;Port=abc"));
-        assert!(!bad_port.contains("secretkey123") && bad_port.contains("Port"), "{bad_port}");
+        assert!(
+            !bad_port.contains("secretkey123") && bad_port.contains("Port"),
+            "{bad_port}"
+        );
     }
 
     #[test]
@@ -299,7 +419,12 @@ mod tests {
         let c = Config::from_args(&a, &Defaults::serve()).unwrap();
         assert_eq!(c.signature_keys.len(), 3);
         assert!(!c.verify_signatures && c.negotiate_open);
-        assert_eq!(c.store, StoreSpec::Dynamo { table: "hubhook-messages".into() });
+        assert_eq!(
+            c.store,
+            StoreSpec::Dynamo {
+                table: "hubhook-messages".into()
+            }
+        );
         assert_eq!(c.chat.relay_events, vec!["typing", "reaction"]);
         assert_eq!(c.retention_days, Some(30));
         assert_eq!(c.allowed_origins, AllowedOrigins::Any);

@@ -45,7 +45,10 @@ pub fn router(state: Arc<AppState>, event_path: &str) -> Router {
 fn text(status: StatusCode, reason: &str) -> Response<Body> {
     let mut r = Response::new(Body::from(format!("{reason}\n")));
     *r.status_mut() = status;
-    r.headers_mut().insert("content-type", HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -53,15 +56,28 @@ fn protocol_error(e: &ProtocolError) -> Response<Body> {
     text(e.status(), &e.to_string())
 }
 
-async fn webhook(State(app): State<Arc<AppState>>, method: Method, headers: HeaderMap, body: Bytes) -> Response<Body> {
+async fn webhook(
+    State(app): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
     match method {
         Method::OPTIONS => {
-            let origin = headers.get("webhook-request-origin").and_then(|v| v.to_str().ok());
+            let origin = headers
+                .get("webhook-request-origin")
+                .and_then(|v| v.to_str().ok());
             match app.origins.check(origin) {
                 Ok(allowed) => {
-                    tracing::info!(origin = origin.unwrap_or_default(), "abuse-protection handshake accepted");
+                    tracing::info!(
+                        origin = origin.unwrap_or_default(),
+                        "abuse-protection handshake accepted"
+                    );
                     let mut r = Response::new(Body::empty());
-                    r.headers_mut().insert("webhook-allowed-origin", HeaderValue::from_str(&allowed).unwrap_or(HeaderValue::from_static("*")));
+                    r.headers_mut().insert(
+                        "webhook-allowed-origin",
+                        HeaderValue::from_str(&allowed).unwrap_or(HeaderValue::from_static("*")),
+                    );
                     r
                 }
                 Err(e) => {
@@ -93,7 +109,11 @@ async fn handle_event(app: &AppState, headers: &HeaderMap, body: Bytes) -> Respo
     );
     let _enter = span.enter();
     let response = app.chat.handle(hook).await;
-    tracing::info!(status = response.status().as_u16(), ms = started.elapsed().as_secs_f64() * 1000.0, "webhook handled");
+    tracing::info!(
+        status = response.status().as_u16(),
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+        "webhook handled"
+    );
     response.map(Body::from)
 }
 
@@ -106,22 +126,38 @@ struct NegotiateQuery {
 
 /// Open negotiate trusts the caller's `userId`: fine on a laptop, never in production, where the
 /// app's own auth must sit in front (hence `off` unless the endpoint is loopback).
-async fn negotiate(State(app): State<Arc<AppState>>, Query(q): Query<NegotiateQuery>) -> Response<Body> {
+async fn negotiate(
+    State(app): State<Arc<AppState>>,
+    Query(q): Query<NegotiateQuery>,
+) -> Response<Body> {
     if !app.negotiate_open {
-        return text(StatusCode::NOT_FOUND, "negotiate is off (HUBHOOK_NEGOTIATE=open enables it; put your own auth in front)");
+        return text(
+            StatusCode::NOT_FOUND,
+            "negotiate is off (HUBHOOK_NEGOTIATE=open enables it; put your own auth in front)",
+        );
     }
-    let room = q.room.unwrap_or_else(|| app.chat.config().default_room.clone());
+    let room = q
+        .room
+        .unwrap_or_else(|| app.chat.config().default_room.clone());
     if let Err(e) = validate_room(&room) {
         return text(StatusCode::BAD_REQUEST, &e.to_string());
     }
     let user_id = match q.user_id.filter(|u| !u.is_empty()) {
         Some(u) if u.len() <= 128 && !u.chars().any(char::is_control) => u,
-        Some(_) => return text(StatusCode::BAD_REQUEST, "userId must be 1-128 printable characters"),
+        Some(_) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "userId must be 1-128 printable characters",
+            )
+        }
         None => format!("guest-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
     };
     let opts = ClientTokenOptions {
         user_id: Some(user_id),
-        roles: vec![format!("webpubsub.joinLeaveGroup.{room}"), format!("webpubsub.sendToGroup.{room}")],
+        roles: vec![
+            format!("webpubsub.joinLeaveGroup.{room}"),
+            format!("webpubsub.sendToGroup.{room}"),
+        ],
         ..Default::default()
     };
     let mut access = client_access(&app.connection_string, &app.hub, &opts);
@@ -137,17 +173,32 @@ struct HistoryQuery {
     before: Option<String>,
 }
 
-async fn messages(State(app): State<Arc<AppState>>, Query(q): Query<HistoryQuery>) -> Response<Body> {
-    let room = q.room.unwrap_or_else(|| app.chat.config().default_room.clone());
+async fn messages(
+    State(app): State<Arc<AppState>>,
+    Query(q): Query<HistoryQuery>,
+) -> Response<Body> {
+    let room = q
+        .room
+        .unwrap_or_else(|| app.chat.config().default_room.clone());
     if let Err(e) = validate_room(&room) {
         return text(StatusCode::BAD_REQUEST, &e.to_string());
     }
     let limit = match q.limit.as_deref().map(str::parse::<usize>) {
         None => 50,
         Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
-        Some(_) => return text(StatusCode::BAD_REQUEST, &format!("limit must be 1-{MAX_PAGE}")),
+        Some(_) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                &format!("limit must be 1-{MAX_PAGE}"),
+            )
+        }
     };
-    match app.chat.store().history(&room, limit, q.before.as_deref().filter(|b| !b.is_empty())).await {
+    match app
+        .chat
+        .store()
+        .history(&room, limit, q.before.as_deref().filter(|b| !b.is_empty()))
+        .await
+    {
         Ok(page) => axum::Json(page).into_response(),
         Err(e) => store_error(&e),
     }
@@ -171,4 +222,3 @@ fn store_error(e: &StoreError) -> Response<Body> {
     }
     text(status, &e.to_string())
 }
-

@@ -3,7 +3,11 @@ use hubhook::config::{Config, Defaults, ServeArgs};
 use hubhook::runtime::{self, Application, Runtime};
 
 #[derive(Parser)]
-#[command(name = "hubhook", version, about = "Azure Web PubSub event handler: verified webhooks, persisted chat, broadcasts")]
+#[command(
+    name = "hubhook",
+    version,
+    about = "Azure Web PubSub event handler: verified webhooks, persisted chat, broadcasts"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -33,9 +37,15 @@ fn init_logging(format: Option<&str>, runtime: Runtime) {
         Some(f) => f.eq_ignore_ascii_case("json"),
         None => runtime != Runtime::Server,
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
-        builder.json().flatten_event(true).with_current_span(true).init();
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init();
     } else {
         builder.compact().init();
     }
@@ -72,7 +82,10 @@ async fn run(command: Option<Command>, runtime: Runtime) -> anyhow::Result<()> {
                 Runtime::Server => serve(&config, "server").await,
             }
         }
-        Command::Dev { emulator_port, serve: args } => {
+        Command::Dev {
+            emulator_port,
+            serve: args,
+        } => {
             let config = Config::from_args(&args, &Defaults::dev(emulator_port))?;
             if !config.bind.is_loopback() {
                 anyhow::bail!("HUBHOOK_BIND: dev uses a public access key and binds loopback only");

@@ -26,7 +26,10 @@ impl Runtime {
         if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
             return Runtime::Lambda;
         }
-        match std::env::var("FUNCTIONS_CUSTOMHANDLER_PORT").ok().and_then(|p| p.parse().ok()) {
+        match std::env::var("FUNCTIONS_CUSTOMHANDLER_PORT")
+            .ok()
+            .and_then(|p| p.parse().ok())
+        {
             Some(port) => Runtime::AzureFunctions(port),
             None => Runtime::Server,
         }
@@ -56,7 +59,11 @@ pub fn build_router_with_store(config: &Config, store: SharedStore) -> anyhow::R
     if verifier.is_none() {
         tracing::warn!("ce-signature verification is OFF (HUBHOOK_INSECURE_SKIP_SIGNATURE): anyone can forge events");
     }
-    let service = ServiceClient::new(&config.connection_string, &config.hub, RetryPolicy::default())?;
+    let service = ServiceClient::new(
+        &config.connection_string,
+        &config.hub,
+        RetryPolicy::default(),
+    )?;
     let state = AppState {
         parser: WebhookParser::new(&config.hub, verifier),
         origins: config.allowed_origins.clone(),
@@ -88,11 +95,15 @@ impl Application {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub async fn run(self) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown_signal()).await
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
     }
 }
 
@@ -102,7 +113,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };
@@ -115,27 +127,48 @@ async fn shutdown_signal() {
 /// Done once per process: a Lambda container pays one `GetSecretValue` at cold start, and the
 /// key never sits in the function's plain environment or the CloudFormation template.
 pub async fn resolve_secret(args: &mut ServeArgs) -> Result<(), ConfigError> {
-    let Some(arn) = args.connection_string_secret_arn.clone().filter(|a| !a.is_empty()) else { return Ok(()) };
+    let Some(arn) = args
+        .connection_string_secret_arn
+        .clone()
+        .filter(|a| !a.is_empty())
+    else {
+        return Ok(());
+    };
     if args.connection_string.is_some() {
         return Ok(());
     }
-    let fail = |reason: String| ConfigError { var: "WEBPUBSUB_CONNECTION_STRING_SECRET_ARN", reason };
+    let fail = |reason: String| ConfigError {
+        var: "WEBPUBSUB_CONNECTION_STRING_SECRET_ARN",
+        reason,
+    };
     let timeouts = aws_config::timeout::TimeoutConfig::builder()
         .connect_timeout(std::time::Duration::from_secs(2))
         .operation_timeout(std::time::Duration::from_secs(5))
         .build();
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(timeouts).load().await;
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(timeouts)
+        .load()
+        .await;
     let out = aws_sdk_secretsmanager::Client::new(&sdk)
         .get_secret_value()
         .secret_id(&arn)
         .send()
         .await
-        .map_err(|e| fail(format!("cannot read the secret: {}", aws_sdk_secretsmanager::error::DisplayErrorContext(&e))))?;
-    let value = out.secret_string().ok_or_else(|| fail("the secret has no string value".into()))?;
+        .map_err(|e| {
+            fail(format!(
+                "cannot read the secret: {}",
+                aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
+            ))
+        })?;
+    let value = out
+        .secret_string()
+        .ok_or_else(|| fail("the secret has no string value".into()))?;
     args.connection_string = Some(value.trim().to_string());
     Ok(())
 }
 
 pub async fn run_lambda(router: Router) -> anyhow::Result<()> {
-    lambda_http::run(router).await.map_err(|e| anyhow::anyhow!("lambda runtime: {e}"))
+    lambda_http::run(router)
+        .await
+        .map_err(|e| anyhow::anyhow!("lambda runtime: {e}"))
 }

@@ -3,7 +3,9 @@
 
 mod support;
 
-use hubhook::protocol::{ConnectRequest, ConnectionState, DisconnectedRequest, Event, EventData, UserEvent};
+use hubhook::protocol::{
+    ConnectRequest, ConnectionState, DisconnectedRequest, Event, EventData, UserEvent,
+};
 use serde_json::{json, Value};
 use support::*;
 
@@ -13,9 +15,17 @@ fn assert_broadcast(call: &Captured, rest: &RestStandIn, room: &str) -> Value {
     assert_eq!(call.query, "api-version=2024-12-01");
     assert_eq!(call.content_type.as_deref(), Some("application/json"));
     let claims = verify_jwt(call.authorization.as_deref().unwrap(), KEY);
-    let url = format!("http://127.0.0.1:{}{}?{}", rest.addr.port(), call.path, call.query);
+    let url = format!(
+        "http://127.0.0.1:{}{}?{}",
+        rest.addr.port(),
+        call.path,
+        call.query
+    );
     assert_eq!(claims["aud"], url);
-    assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 3600);
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        3600
+    );
     call.json()
 }
 
@@ -29,13 +39,27 @@ async fn handshake_allows_configured_origins_only() {
         }
         r.send()
     };
-    let ok = probe(Some("localhost"), "/eventhandler/validate").await.unwrap();
+    let ok = probe(Some("localhost"), "/eventhandler/validate")
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
     assert_eq!(ok.headers()["webhook-allowed-origin"], "localhost");
-    assert_eq!(probe(Some("evil.webpubsub.azure.com"), "/eventhandler").await.unwrap().status(), 403);
+    assert_eq!(
+        probe(Some("evil.webpubsub.azure.com"), "/eventhandler")
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
     assert_eq!(probe(None, "/eventhandler").await.unwrap().status(), 400);
     let star = spawn_app_with(|a| a.allowed_origins = Some("*".into())).await;
-    let r = star.http.request(reqwest::Method::OPTIONS, star.url("/eventhandler")).header("WebHook-Request-Origin", "x.webpubsub.azure.com").send().await.unwrap();
+    let r = star
+        .http
+        .request(reqwest::Method::OPTIONS, star.url("/eventhandler"))
+        .header("WebHook-Request-Origin", "x.webpubsub.azure.com")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["webhook-allowed-origin"], "*");
 }
 
@@ -46,37 +70,91 @@ async fn connect_accepts_the_verified_user_into_the_room() {
     req.query.insert("room".into(), vec!["room-7".into()]);
     req.query.insert("userId".into(), vec!["mallory".into()]);
     req.subprotocols = vec!["json.reliable.webpubsub.azure.v1".into()];
-    let r = app.send(ctx("c1", Some("alice"), "1", None), Event::Connect(req), &[KEY]).await;
+    let r = app
+        .send(
+            ctx("c1", Some("alice"), "1", None),
+            Event::Connect(req),
+            &[KEY],
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let state = ConnectionState::decode(r.headers()["ce-connectionstate"].to_str().unwrap());
     assert_eq!(state.get_str("room"), Some("room-7"));
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["userId"], "alice");
     assert_eq!(body["groups"], json!(["room-7"]));
-    assert_eq!(body["roles"], json!(["webpubsub.joinLeaveGroup.room-7", "webpubsub.sendToGroup.room-7"]));
+    assert_eq!(
+        body["roles"],
+        json!([
+            "webpubsub.joinLeaveGroup.room-7",
+            "webpubsub.sendToGroup.room-7"
+        ])
+    );
     assert_eq!(body["subprotocol"], "json.reliable.webpubsub.azure.v1");
 
-    let r = app.send(ctx("c2", None, "1", None), Event::Connect(ConnectRequest::default()), &[KEY]).await;
+    let r = app
+        .send(
+            ctx("c2", None, "1", None),
+            Event::Connect(ConnectRequest::default()),
+            &[KEY],
+        )
+        .await;
     assert_eq!(r.status(), 401);
     let mut bad = ConnectRequest::default();
     bad.query.insert("room".into(), vec!["../etc".into()]);
-    assert_eq!(app.send(ctx("c3", Some("bob"), "1", None), Event::Connect(bad), &[KEY]).await.status(), 400);
+    assert_eq!(
+        app.send(
+            ctx("c3", Some("bob"), "1", None),
+            Event::Connect(bad),
+            &[KEY]
+        )
+        .await
+        .status(),
+        400
+    );
     assert!(app.rest.calls().is_empty(), "connect broadcasts nothing");
 }
 
 #[tokio::test]
 async fn full_conversation_broadcasts_stores_and_replays() {
     let app = spawn_app().await;
-    let r = app.send(ctx("c1", Some("alice"), "1", Some("lobby")), Event::Connected, &[KEY]).await;
+    let r = app
+        .send(
+            ctx("c1", Some("alice"), "1", Some("lobby")),
+            Event::Connected,
+            &[KEY],
+        )
+        .await;
     assert_eq!(r.status(), 200);
-    let r = app.send(ctx("c1", Some("alice"), "2", Some("lobby")), message("hello world"), &[KEY]).await;
+    let r = app
+        .send(
+            ctx("c1", Some("alice"), "2", Some("lobby")),
+            message("hello world"),
+            &[KEY],
+        )
+        .await;
     assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["content-type"], "application/json; charset=utf-8");
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/json; charset=utf-8"
+    );
     let reply: Value = r.json().await.unwrap();
-    assert_eq!((reply["stored"].as_bool(), reply["broadcast"].as_bool()), (Some(true), Some(true)));
+    assert_eq!(
+        (reply["stored"].as_bool(), reply["broadcast"].as_bool()),
+        (Some(true), Some(true))
+    );
     let id = reply["id"].as_str().unwrap().to_string();
-    let leave = DisconnectedRequest { reason: Some("bye".into()), mqtt: None };
-    let r = app.send(ctx("c1", Some("alice"), "3", Some("lobby")), Event::Disconnected(leave), &[KEY]).await;
+    let leave = DisconnectedRequest {
+        reason: Some("bye".into()),
+        mqtt: None,
+    };
+    let r = app
+        .send(
+            ctx("c1", Some("alice"), "3", Some("lobby")),
+            Event::Disconnected(leave),
+            &[KEY],
+        )
+        .await;
     assert_eq!(r.status(), 200);
 
     let calls = app.rest.calls();
@@ -108,43 +186,112 @@ async fn full_conversation_broadcasts_stores_and_replays() {
 async fn retried_webhooks_store_and_broadcast_once() {
     let app = spawn_app().await;
     for _ in 0..3 {
-        let r = app.send(ctx("c1", Some("alice"), "9", Some("lobby")), message("once"), &[KEY]).await;
+        let r = app
+            .send(
+                ctx("c1", Some("alice"), "9", Some("lobby")),
+                message("once"),
+                &[KEY],
+            )
+            .await;
         assert_eq!(r.status(), 200);
     }
-    let r = app.send(ctx("c1", Some("alice"), "9", Some("lobby")), message("once"), &[KEY]).await;
+    let r = app
+        .send(
+            ctx("c1", Some("alice"), "9", Some("lobby")),
+            message("once"),
+            &[KEY],
+        )
+        .await;
     let reply: Value = r.json().await.unwrap();
     assert_eq!(reply["duplicate"], true);
     for _ in 0..2 {
-        app.send(ctx("c1", Some("alice"), "10", Some("lobby")), Event::Connected, &[KEY]).await;
+        app.send(
+            ctx("c1", Some("alice"), "10", Some("lobby")),
+            Event::Connected,
+            &[KEY],
+        )
+        .await;
     }
     // the same ce-id on another connection is another delivery
-    app.send(ctx("c2", Some("bob"), "9", Some("lobby")), message("twice"), &[KEY]).await;
-    assert_eq!(app.rest.calls().len(), 3, "one message, one join, one message from c2");
-    assert_eq!(app.history("lobby").await["messages"].as_array().unwrap().len(), 2);
+    app.send(
+        ctx("c2", Some("bob"), "9", Some("lobby")),
+        message("twice"),
+        &[KEY],
+    )
+    .await;
+    assert_eq!(
+        app.rest.calls().len(),
+        3,
+        "one message, one join, one message from c2"
+    );
+    assert_eq!(
+        app.history("lobby").await["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 #[tokio::test]
 async fn json_messages_rooms_and_rejections() {
     let app = spawn_app().await;
-    let json_msg = |v: Value| Event::User(UserEvent { name: "message".into(), data: EventData::Json(v) });
-    let r = app.send(ctx("c1", Some("a"), "1", Some("r1")), json_msg(json!({"text":"hi","room":"r1"})), &[KEY]).await;
+    let json_msg = |v: Value| {
+        Event::User(UserEvent {
+            name: "message".into(),
+            data: EventData::Json(v),
+        })
+    };
+    let r = app
+        .send(
+            ctx("c1", Some("a"), "1", Some("r1")),
+            json_msg(json!({"text":"hi","room":"r1"})),
+            &[KEY],
+        )
+        .await;
     assert_eq!(r.status(), 200);
-    let r = app.send(ctx("c1", Some("a"), "2", Some("r1")), json_msg(json!({"text":"hi","room":"r2"})), &[KEY]).await;
+    let r = app
+        .send(
+            ctx("c1", Some("a"), "2", Some("r1")),
+            json_msg(json!({"text":"hi","room":"r2"})),
+            &[KEY],
+        )
+        .await;
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("no permission"));
-    let r = app.send(ctx("c1", Some("a"), "3", Some("r1")), message(""), &[KEY]).await;
-    assert_eq!((r.status().as_u16(), r.text().await.unwrap()), (400, "empty message".to_string()));
+    let r = app
+        .send(ctx("c1", Some("a"), "3", Some("r1")), message(""), &[KEY])
+        .await;
+    assert_eq!(
+        (r.status().as_u16(), r.text().await.unwrap()),
+        (400, "empty message".to_string())
+    );
     let big = "x".repeat(64 * 1024 + 1);
-    let r = app.send(ctx("c1", Some("a"), "4", Some("r1")), message(&big), &[KEY]).await;
+    let r = app
+        .send(ctx("c1", Some("a"), "4", Some("r1")), message(&big), &[KEY])
+        .await;
     assert_eq!(r.status(), 400);
-    let other = Event::User(UserEvent { name: "typing".into(), data: EventData::Text("..".into()) });
-    let r = app.send(ctx("c1", Some("a"), "5", Some("r1")), other.clone(), &[KEY]).await;
+    let other = Event::User(UserEvent {
+        name: "typing".into(),
+        data: EventData::Text("..".into()),
+    });
+    let r = app
+        .send(ctx("c1", Some("a"), "5", Some("r1")), other.clone(), &[KEY])
+        .await;
     assert_eq!(r.status(), 400);
     assert_eq!(app.rest.calls().len(), 1);
-    assert_eq!(app.history("r1").await["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        app.history("r1").await["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     let relay = spawn_app_with(|a| a.relay_events = Some("typing".into())).await;
-    let r = relay.send(ctx("c1", Some("a"), "5", Some("r1")), other, &[KEY]).await;
+    let r = relay
+        .send(ctx("c1", Some("a"), "5", Some("r1")), other, &[KEY])
+        .await;
     assert_eq!(r.status(), 204);
     let calls = relay.rest.calls();
     assert_eq!(calls[0].query, "api-version=2024-12-01&excluded=c1");
@@ -157,15 +304,61 @@ async fn signatures_are_required_and_both_keys_rotate() {
     let app = spawn_app_with(|a| a.access_keys = Some(KEY2.into())).await;
     let c = || ctx("c1", Some("alice"), "1", Some("lobby"));
     let r = app.send(c(), message("x"), &[]).await;
-    assert_eq!((r.status().as_u16(), r.text().await.unwrap()), (401, "missing ce-signature\n".to_string()));
+    assert_eq!(
+        (r.status().as_u16(), r.text().await.unwrap()),
+        (401, "missing ce-signature\n".to_string())
+    );
     let r = app.send(c(), message("x"), &["not-a-key"]).await;
-    assert_eq!((r.status().as_u16(), r.text().await.unwrap()), (401, "signature validation failed\n".to_string()));
-    assert_eq!(app.send(ctx("c1", Some("a"), "1", Some("lobby")), message("p"), &[KEY]).await.status(), 200);
-    assert_eq!(app.send(ctx("c1", Some("a"), "2", Some("lobby")), message("s"), &[KEY2]).await.status(), 200);
-    assert_eq!(app.send(ctx("c1", Some("a"), "3", Some("lobby")), message("b"), &["old", KEY2]).await.status(), 200);
-    assert_eq!(app.history("lobby").await["messages"].as_array().unwrap().len(), 3);
-    let wrong_hub = { let mut x = c(); x.hub = "other".into(); x };
-    assert_eq!(app.send(wrong_hub, message("x"), &[KEY]).await.status(), 400);
+    assert_eq!(
+        (r.status().as_u16(), r.text().await.unwrap()),
+        (401, "signature validation failed\n".to_string())
+    );
+    assert_eq!(
+        app.send(
+            ctx("c1", Some("a"), "1", Some("lobby")),
+            message("p"),
+            &[KEY]
+        )
+        .await
+        .status(),
+        200
+    );
+    assert_eq!(
+        app.send(
+            ctx("c1", Some("a"), "2", Some("lobby")),
+            message("s"),
+            &[KEY2]
+        )
+        .await
+        .status(),
+        200
+    );
+    assert_eq!(
+        app.send(
+            ctx("c1", Some("a"), "3", Some("lobby")),
+            message("b"),
+            &["old", KEY2]
+        )
+        .await
+        .status(),
+        200
+    );
+    assert_eq!(
+        app.history("lobby").await["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    let wrong_hub = {
+        let mut x = c();
+        x.hub = "other".into();
+        x
+    };
+    assert_eq!(
+        app.send(wrong_hub, message("x"), &[KEY]).await.status(),
+        400
+    );
 }
 
 #[tokio::test]
@@ -173,32 +366,72 @@ async fn store_failure_fails_the_event_and_broadcasts_nothing() {
     let app = spawn_app().await;
     let db = rusqlite::Connection::open(&app.db).unwrap();
     db.execute_batch("CREATE TRIGGER fail BEFORE INSERT ON messages BEGIN SELECT RAISE(FAIL, 'simulated disk failure'); END;").unwrap();
-    let r = app.send(ctx("c1", Some("alice"), "1", Some("lobby")), message("lost?"), &[KEY]).await;
+    let r = app
+        .send(
+            ctx("c1", Some("alice"), "1", Some("lobby")),
+            message("lost?"),
+            &[KEY],
+        )
+        .await;
     assert_eq!(r.status(), 500);
     let reason = r.text().await.unwrap();
-    assert!(reason.contains("simulated disk failure") && !reason.contains('\n'), "{reason}");
+    assert!(
+        reason.contains("simulated disk failure") && !reason.contains('\n'),
+        "{reason}"
+    );
     assert!(app.rest.calls().is_empty());
     db.execute_batch("DROP TRIGGER fail;").unwrap();
     // the retry of the failed delivery succeeds and is stored once
-    let r = app.send(ctx("c1", Some("alice"), "1", Some("lobby")), message("lost?"), &[KEY]).await;
+    let r = app
+        .send(
+            ctx("c1", Some("alice"), "1", Some("lobby")),
+            message("lost?"),
+            &[KEY],
+        )
+        .await;
     assert_eq!(r.status(), 200);
-    assert_eq!(app.history("lobby").await["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        app.history("lobby").await["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
 async fn broadcast_failure_keeps_the_message_and_says_so() {
     let app = spawn_app().await;
-    app.rest.status.store(403, std::sync::atomic::Ordering::SeqCst);
-    let r = app.send(ctx("c1", Some("alice"), "1", Some("lobby")), message("kept"), &[KEY]).await;
+    app.rest
+        .status
+        .store(403, std::sync::atomic::Ordering::SeqCst);
+    let r = app
+        .send(
+            ctx("c1", Some("alice"), "1", Some("lobby")),
+            message("kept"),
+            &[KEY],
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let reply: Value = r.json().await.unwrap();
-    assert_eq!((reply["stored"].as_bool(), reply["broadcast"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(
+        (reply["stored"].as_bool(), reply["broadcast"].as_bool()),
+        (Some(true), Some(false))
+    );
     assert!(reply["error"].as_str().unwrap().contains("403"));
     assert_eq!(app.rest.calls().len(), 1, "403 is not retried");
     assert_eq!(app.history("lobby").await["messages"][0]["text"], "kept");
     // 5xx is retried, within the deadline
-    app.rest.status.store(503, std::sync::atomic::Ordering::SeqCst);
-    let r = app.send(ctx("c1", Some("alice"), "2", Some("lobby")), message("again"), &[KEY]).await;
+    app.rest
+        .status
+        .store(503, std::sync::atomic::Ordering::SeqCst);
+    let r = app
+        .send(
+            ctx("c1", Some("alice"), "2", Some("lobby")),
+            message("again"),
+            &[KEY],
+        )
+        .await;
     assert_eq!(r.json::<Value>().await.unwrap()["broadcast"], false);
     assert_eq!(app.rest.calls().len(), 1 + 4);
 }
@@ -207,7 +440,14 @@ async fn broadcast_failure_keeps_the_message_and_says_so() {
 async fn oversize_bodies_are_refused_before_reading() {
     let app = spawn_app().await;
     let body = vec![b'x'; 1024 * 1024 + 1];
-    let r = app.http.post(app.url("/eventhandler")).header("content-type", "text/plain").body(body).send().await.unwrap();
+    let r = app
+        .http
+        .post(app.url("/eventhandler"))
+        .header("content-type", "text/plain")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     let r = app.http.get(app.url("/eventhandler")).send().await.unwrap();
     assert_eq!(r.status(), 405);
@@ -219,7 +459,12 @@ async fn history_pages_with_an_opaque_cursor() {
     for i in 0..7 {
         let mut c = ctx("c1", Some("alice"), &i.to_string(), Some("lobby"));
         c.ce_time = Some(format!("2024-05-01T10:00:0{i}Z"));
-        assert_eq!(app.send(c, message(&format!("m{i}")), &[KEY]).await.status(), 200);
+        assert_eq!(
+            app.send(c, message(&format!("m{i}")), &[KEY])
+                .await
+                .status(),
+            200
+        );
     }
     let mut seen = Vec::new();
     let mut next: Option<String> = None;
@@ -228,33 +473,86 @@ async fn history_pages_with_an_opaque_cursor() {
         if let Some(n) = &next {
             url.push_str(&format!("&before={n}"));
         }
-        let page: Value = app.http.get(url).send().await.unwrap().json().await.unwrap();
-        seen.extend(page["messages"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap().to_string()));
+        let page: Value = app
+            .http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        seen.extend(
+            page["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["text"].as_str().unwrap().to_string()),
+        );
         match page["next"].as_str() {
             Some(n) => next = Some(n.to_string()),
             None => break,
         }
     }
     assert_eq!(seen, ["m6", "m5", "m4", "m3", "m2", "m1", "m0"]);
-    for bad in ["/api/messages?before=zzz", "/api/messages?limit=0", "/api/messages?limit=x", "/api/messages?room=a%20b"] {
-        assert_eq!(app.http.get(app.url(bad)).send().await.unwrap().status(), 400, "{bad}");
+    for bad in [
+        "/api/messages?before=zzz",
+        "/api/messages?limit=0",
+        "/api/messages?limit=x",
+        "/api/messages?room=a%20b",
+    ] {
+        assert_eq!(
+            app.http.get(app.url(bad)).send().await.unwrap().status(),
+            400,
+            "{bad}"
+        );
     }
-    assert_eq!(app.http.get(app.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        app.http
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
 async fn negotiate_is_off_unless_loopback_or_opened() {
     // the stand-in endpoint is 127.0.0.1, so negotiate defaults to open
     let app = spawn_app().await;
-    let v: Value = app.http.get(app.url("/negotiate?userId=alice&room=r1")).send().await.unwrap().json().await.unwrap();
+    let v: Value = app
+        .http
+        .get(app.url("/negotiate?userId=alice&room=r1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let base = format!("ws://127.0.0.1:{}/client/hubs/chat", app.rest.addr.port());
     assert_eq!(v["baseUrl"], base);
     let token = v["token"].as_str().unwrap();
     assert_eq!(v["url"], format!("{base}?access_token={token}&room=r1"));
     let claims = verify_jwt(&format!("Bearer {token}"), KEY);
     assert_eq!(claims["sub"], "alice");
-    assert_eq!(claims["aud"], format!("http://127.0.0.1:{}/client/hubs/chat", app.rest.addr.port()));
-    assert_eq!(claims["role"], json!(["webpubsub.joinLeaveGroup.r1", "webpubsub.sendToGroup.r1"]));
+    assert_eq!(
+        claims["aud"],
+        format!("http://127.0.0.1:{}/client/hubs/chat", app.rest.addr.port())
+    );
+    assert_eq!(
+        claims["role"],
+        json!(["webpubsub.joinLeaveGroup.r1", "webpubsub.sendToGroup.r1"])
+    );
     let off = spawn_app_with(|a| a.negotiate = Some("off".into())).await;
-    assert_eq!(off.http.get(off.url("/negotiate")).send().await.unwrap().status(), 404);
+    assert_eq!(
+        off.http
+            .get(off.url("/negotiate"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
 }

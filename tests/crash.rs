@@ -9,7 +9,11 @@ use std::time::Duration;
 use support::*;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start(rest: &RestStandIn, db: &std::path::Path, port: u16) -> Child {
@@ -28,7 +32,11 @@ fn start(rest: &RestStandIn, db: &std::path::Path, port: u16) -> Child {
 
 async fn wait_ready(http: &reqwest::Client, port: u16) {
     for _ in 0..200 {
-        if let Ok(r) = http.get(format!("http://127.0.0.1:{port}/healthz")).send().await {
+        if let Ok(r) = http
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+        {
             if r.status() == 200 {
                 return;
             }
@@ -57,10 +65,22 @@ async fn acknowledged_messages_survive_kill_9() {
         let (http, url, acks, gate) = (http.clone(), url.clone(), acks.clone(), gate.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await.ok()?;
-            let mut c = ctx(&format!("conn-{}", i % 16), Some("alice"), &i.to_string(), Some("lobby"));
+            let mut c = ctx(
+                &format!("conn-{}", i % 16),
+                Some("alice"),
+                &i.to_string(),
+                Some("lobby"),
+            );
             c.event_name = "message".into();
-            let (headers, body) = hubhook::protocol::build_webhook(&c, &message(&format!("m{i}")), &[KEY]).unwrap();
-            let r = http.post(url).headers(headers).body(body).send().await.ok()?;
+            let (headers, body) =
+                hubhook::protocol::build_webhook(&c, &message(&format!("m{i}")), &[KEY]).unwrap();
+            let r = http
+                .post(url)
+                .headers(headers)
+                .body(body)
+                .send()
+                .await
+                .ok()?;
             if r.status() != 200 {
                 eprintln!("{} {:?}", r.status(), r.text().await);
                 return None;
@@ -70,7 +90,9 @@ async fn acknowledged_messages_survive_kill_9() {
             v["id"].as_str().map(String::from)
         }));
     }
-    while acks.load(std::sync::atomic::Ordering::SeqCst) < 100 && !tasks.iter().all(|t| t.is_finished()) {
+    while acks.load(std::sync::atomic::Ordering::SeqCst) < 100
+        && !tasks.iter().all(|t| t.is_finished())
+    {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     child.kill().unwrap(); // SIGKILL
@@ -103,7 +125,14 @@ async fn acknowledged_messages_survive_kill_9() {
     child.kill().unwrap();
     child.wait().unwrap();
     let missing: Vec<_> = acked.iter().filter(|id| !stored.contains(*id)).collect();
-    eprintln!("acknowledged {} of 400 before the kill; {} stored after restart", acked.len(), stored.len());
-    assert!(!acked.is_empty(), "no message was acknowledged before the kill; the test proved nothing");
+    eprintln!(
+        "acknowledged {} of 400 before the kill; {} stored after restart",
+        acked.len(),
+        stored.len()
+    );
+    assert!(
+        !acked.is_empty(),
+        "no message was acknowledged before the kill; the test proved nothing"
+    );
     assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
 }

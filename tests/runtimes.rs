@@ -29,13 +29,15 @@ impl Drop for KillOnDrop {
     }
 }
 
+type ResultSender = mpsc::UnboundedSender<(String, Value)>;
+
 /// The slice of the Lambda Runtime API a function uses: `next` hands out queued events, the
 /// function posts each response (or an error) back.
 #[derive(Clone, Default)]
 struct RuntimeApi {
     queue: Arc<Mutex<VecDeque<(String, Value)>>>,
     ready: Arc<Notify>,
-    results: Arc<Mutex<Option<mpsc::UnboundedSender<(String, Value)>>>>,
+    results: Arc<Mutex<Option<ResultSender>>>,
 }
 
 async fn next(State(api): State<RuntimeApi>) -> impl IntoResponse {
@@ -43,25 +45,49 @@ async fn next(State(api): State<RuntimeApi>) -> impl IntoResponse {
         if let Some((id, event)) = api.queue.lock().unwrap().pop_front() {
             let mut h = HeaderMap::new();
             h.insert("lambda-runtime-aws-request-id", id.parse().unwrap());
-            let deadline = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() + 30_000;
-            h.insert("lambda-runtime-deadline-ms", deadline.to_string().parse().unwrap());
-            h.insert("lambda-runtime-invoked-function-arn", "arn:aws:lambda:us-east-1:123456789012:function:hubhook".parse().unwrap());
-            h.insert("lambda-runtime-trace-id", "Root=1-00000000-000000000000000000000000".parse().unwrap());
+            let deadline = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+                + 30_000;
+            h.insert(
+                "lambda-runtime-deadline-ms",
+                deadline.to_string().parse().unwrap(),
+            );
+            h.insert(
+                "lambda-runtime-invoked-function-arn",
+                "arn:aws:lambda:us-east-1:123456789012:function:hubhook"
+                    .parse()
+                    .unwrap(),
+            );
+            h.insert(
+                "lambda-runtime-trace-id",
+                "Root=1-00000000-000000000000000000000000".parse().unwrap(),
+            );
             return (h, Json(event));
         }
         api.ready.notified().await;
     }
 }
 
-async fn response(State(api): State<RuntimeApi>, Path(id): Path<String>, body: axum::body::Bytes) -> StatusCode {
-    let v: Value = serde_json::from_slice(&body).unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&body)}));
+async fn response(
+    State(api): State<RuntimeApi>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> StatusCode {
+    let v: Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&body)}));
     if let Some(tx) = api.results.lock().unwrap().as_ref() {
         let _ = tx.send((id, v));
     }
     StatusCode::ACCEPTED
 }
 
-async fn error(State(api): State<RuntimeApi>, Path(id): Path<String>, body: axum::body::Bytes) -> StatusCode {
+async fn error(
+    State(api): State<RuntimeApi>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> StatusCode {
     let v = json!({"error": String::from_utf8_lossy(&body)});
     if let Some(tx) = api.results.lock().unwrap().as_ref() {
         let _ = tx.send((id, v));
@@ -69,7 +95,13 @@ async fn error(State(api): State<RuntimeApi>, Path(id): Path<String>, body: axum
     StatusCode::ACCEPTED
 }
 
-fn function_url_event(method: &str, path: &str, query: &str, headers: &HeaderMap, body: &[u8]) -> Value {
+fn function_url_event(
+    method: &str,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Value {
     let mut hs = serde_json::Map::new();
     for (k, v) in headers {
         let v = v.to_str().unwrap().to_string();
@@ -94,12 +126,19 @@ fn function_url_event(method: &str, path: &str, query: &str, headers: &HeaderMap
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn hubhook(envs: &[(&str, String)]) -> KillOnDrop {
     let mut c = Command::new(env!("CARGO_BIN_EXE_hubhook"));
-    c.env_remove("PORT").env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::inherit());
+    c.env_remove("PORT")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
     for (k, v) in envs {
         c.env(k, v);
     }
@@ -120,12 +159,18 @@ async fn lambda_function_url_flow() {
     *api.results.lock().unwrap() = Some(tx);
     let app = Router::new()
         .route("/2018-06-01/runtime/invocation/next", get(next))
-        .route("/2018-06-01/runtime/invocation/{id}/response", post(response))
+        .route(
+            "/2018-06-01/runtime/invocation/{id}/response",
+            post(response),
+        )
         .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
-        .route("/2018-06-01/runtime/init/error", post(|body: String| async move {
-            eprintln!("init error: {body}");
-            StatusCode::ACCEPTED
-        }))
+        .route(
+            "/2018-06-01/runtime/init/error",
+            post(|body: String| async move {
+                eprintln!("init error: {body}");
+                StatusCode::ACCEPTED
+            }),
+        )
         .with_state(api.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let runtime_addr = listener.local_addr().unwrap();
@@ -139,8 +184,14 @@ async fn lambda_function_url_flow() {
         ("AWS_LAMBDA_LOG_STREAM_NAME", "s".into()),
         ("AWS_LAMBDA_LOG_GROUP_NAME", "g".into()),
         ("WEBPUBSUB_CONNECTION_STRING", rest.connection_string()),
-        ("HUBHOOK_ALLOWED_ORIGINS", "contoso.webpubsub.azure.com".into()),
-        ("HUBHOOK_STORE", format!("sqlite://{}", dir.path().join("l.db").display())),
+        (
+            "HUBHOOK_ALLOWED_ORIGINS",
+            "contoso.webpubsub.azure.com".into(),
+        ),
+        (
+            "HUBHOOK_STORE",
+            format!("sqlite://{}", dir.path().join("l.db").display()),
+        ),
     ]);
 
     let mut n = 0;
@@ -153,43 +204,82 @@ async fn lambda_function_url_flow() {
         id
     };
     let mut recv = async |id: String| -> Value {
-        let (got, v) = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.expect("lambda answered").unwrap();
+        let (got, v) = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("lambda answered")
+            .unwrap();
         assert_eq!(got, id);
         v
     };
     let body_of = |v: &Value| -> Vec<u8> {
         let b = v["body"].as_str().unwrap_or_default();
-        if v["isBase64Encoded"].as_bool() == Some(true) { B64.decode(b).unwrap() } else { b.as_bytes().to_vec() }
+        if v["isBase64Encoded"].as_bool() == Some(true) {
+            B64.decode(b).unwrap()
+        } else {
+            b.as_bytes().to_vec()
+        }
     };
 
     // 1. abuse-protection handshake
     let mut h = HeaderMap::new();
-    h.insert("webhook-request-origin", "contoso.webpubsub.azure.com".parse().unwrap());
+    h.insert(
+        "webhook-request-origin",
+        "contoso.webpubsub.azure.com".parse().unwrap(),
+    );
     let id = invoke(function_url_event("OPTIONS", "/eventhandler", "", &h, b""));
     let v = recv(id).await;
     assert_eq!(v["statusCode"], 200, "{v}");
-    assert_eq!(v["headers"]["webhook-allowed-origin"], "contoso.webpubsub.azure.com");
+    assert_eq!(
+        v["headers"]["webhook-allowed-origin"],
+        "contoso.webpubsub.azure.com"
+    );
 
     // 2. connect
     let mut req = ConnectRequest::default();
     req.query.insert("room".into(), vec!["lambda-room".into()]);
     let c = ctx("c1", Some("alice"), "1", None);
-    let (h, b) = signed(&hubhook::protocol::EventContext { event_name: "connect".into(), ..c }, &Event::Connect(req));
-    let v = recv(invoke(function_url_event("POST", "/eventhandler", "", &h, &b))).await;
+    let (h, b) = signed(
+        &hubhook::protocol::EventContext {
+            event_name: "connect".into(),
+            ..c
+        },
+        &Event::Connect(req),
+    );
+    let v = recv(invoke(function_url_event(
+        "POST",
+        "/eventhandler",
+        "",
+        &h,
+        &b,
+    )))
+    .await;
     assert_eq!(v["statusCode"], 200, "{v}");
     let connect: Value = serde_json::from_slice(&body_of(&v)).unwrap();
     assert_eq!(connect["groups"], json!(["lambda-room"]));
-    let state = v["headers"]["ce-connectionstate"].as_str().unwrap().to_string();
+    let state = v["headers"]["ce-connectionstate"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     // 3. message (binary-safe path: the body arrives base64 and must be decoded)
     let mut c = ctx("c1", Some("alice"), "2", Some("lambda-room"));
     c.event_name = "message".into();
     let (mut h, b) = signed(&c, &message("from lambda"));
     h.insert("ce-connectionstate", state.parse().unwrap());
-    let v = recv(invoke(function_url_event("POST", "/eventhandler/message", "", &h, &b))).await;
+    let v = recv(invoke(function_url_event(
+        "POST",
+        "/eventhandler/message",
+        "",
+        &h,
+        &b,
+    )))
+    .await;
     assert_eq!(v["statusCode"], 200, "{v}");
     let reply: Value = serde_json::from_slice(&body_of(&v)).unwrap();
-    assert_eq!((reply["stored"].as_bool(), reply["broadcast"].as_bool()), (Some(true), Some(true)));
+    assert_eq!(
+        (reply["stored"].as_bool(), reply["broadcast"].as_bool()),
+        (Some(true), Some(true))
+    );
     let calls = rest.calls();
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].path, "/api/hubs/chat/groups/lambda-room/:send");
@@ -198,12 +288,26 @@ async fn lambda_function_url_flow() {
     // 4. a forged event is refused with 401 and a reason
     let (mut h, b) = signed(&c, &message("forged"));
     h.insert("ce-signature", "sha256=00".parse().unwrap());
-    let v = recv(invoke(function_url_event("POST", "/eventhandler", "", &h, &b))).await;
+    let v = recv(invoke(function_url_event(
+        "POST",
+        "/eventhandler",
+        "",
+        &h,
+        &b,
+    )))
+    .await;
     assert_eq!(v["statusCode"], 401);
     assert_eq!(body_of(&v), b"signature validation failed\n");
 
     // 5. history
-    let v = recv(invoke(function_url_event("GET", "/api/messages", "room=lambda-room", &HeaderMap::new(), b""))).await;
+    let v = recv(invoke(function_url_event(
+        "GET",
+        "/api/messages",
+        "room=lambda-room",
+        &HeaderMap::new(),
+        b"",
+    )))
+    .await;
     assert_eq!(v["statusCode"], 200, "{v}");
     let page: Value = serde_json::from_slice(&body_of(&v)).unwrap();
     assert_eq!(page["messages"][0]["text"], "from lambda");
@@ -218,8 +322,14 @@ async fn azure_functions_custom_handler_flow() {
     let _fn = hubhook(&[
         ("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string()),
         ("WEBPUBSUB_CONNECTION_STRING", rest.connection_string()),
-        ("HUBHOOK_ALLOWED_ORIGINS", "contoso.webpubsub.azure.com".into()),
-        ("HUBHOOK_STORE", format!("sqlite://{}", dir.path().join("f.db").display())),
+        (
+            "HUBHOOK_ALLOWED_ORIGINS",
+            "contoso.webpubsub.azure.com".into(),
+        ),
+        (
+            "HUBHOOK_STORE",
+            format!("sqlite://{}", dir.path().join("f.db").display()),
+        ),
     ]);
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
@@ -232,11 +342,17 @@ async fn azure_functions_custom_handler_flow() {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert!(up, "custom handler did not listen on FUNCTIONS_CUSTOMHANDLER_PORT");
+    assert!(
+        up,
+        "custom handler did not listen on FUNCTIONS_CUSTOMHANDLER_PORT"
+    );
     // What the host adds to every forwarded request.
     let host = |r: reqwest::RequestBuilder| {
         r.header("x-azure-functions-hostversion", "4.1040.0")
-            .header("x-azure-functions-invocationid", "0b2c9a1e-0000-0000-0000-000000000000")
+            .header(
+                "x-azure-functions-invocationid",
+                "0b2c9a1e-0000-0000-0000-000000000000",
+            )
             .header("user-agent", "Azure-Functions-Host/4")
     };
     let r = host(http.request(reqwest::Method::OPTIONS, format!("{base}/eventhandler")))
@@ -244,22 +360,48 @@ async fn azure_functions_custom_handler_flow() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.headers()["webhook-allowed-origin"], "contoso.webpubsub.azure.com");
+    assert_eq!(
+        r.headers()["webhook-allowed-origin"],
+        "contoso.webpubsub.azure.com"
+    );
 
     let (h, b) = signed(
-        &hubhook::protocol::EventContext { event_name: "connected".into(), ..ctx("c9", Some("bob"), "1", Some("lobby")) },
+        &hubhook::protocol::EventContext {
+            event_name: "connected".into(),
+            ..ctx("c9", Some("bob"), "1", Some("lobby"))
+        },
         &Event::Connected,
     );
-    let r = host(http.post(format!("{base}/eventhandler"))).headers(h).body(b).send().await.unwrap();
+    let r = host(http.post(format!("{base}/eventhandler")))
+        .headers(h)
+        .body(b)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let mut c = ctx("c9", Some("bob"), "2", Some("lobby"));
     c.event_name = "message".into();
     let (h, b) = signed(&c, &message("from functions"));
-    let r = host(http.post(format!("{base}/eventhandler"))).headers(h).body(b).send().await.unwrap();
+    let r = host(http.post(format!("{base}/eventhandler")))
+        .headers(h)
+        .body(b)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let page: Value = host(http.get(format!("{base}/api/messages?room=lobby"))).send().await.unwrap().json().await.unwrap();
+    let page: Value = host(http.get(format!("{base}/api/messages?room=lobby")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(page["messages"][0]["text"], "from functions");
-    let kinds: Vec<String> = rest.calls().iter().map(|c| c.json()["type"].as_str().unwrap().to_string()).collect();
+    let kinds: Vec<String> = rest
+        .calls()
+        .iter()
+        .map(|c| c.json()["type"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(kinds, ["joined", "message"]);
 }
 
@@ -268,18 +410,31 @@ async fn azure_functions_custom_handler_flow() {
 #[test]
 fn azure_functions_files_forward_every_route() {
     let read = |p: &str| -> Value {
-        serde_json::from_str(&std::fs::read_to_string(format!("{}/{p}", env!("CARGO_MANIFEST_DIR"))).unwrap()).unwrap()
+        serde_json::from_str(
+            &std::fs::read_to_string(format!("{}/{p}", env!("CARGO_MANIFEST_DIR"))).unwrap(),
+        )
+        .unwrap()
     };
     let host = read("azure/host.json");
     assert_eq!(host["customHandler"]["enableForwardingHttpRequest"], true);
-    assert_eq!(host["customHandler"]["description"]["defaultExecutablePath"], "hubhook");
+    assert_eq!(
+        host["customHandler"]["description"]["defaultExecutablePath"],
+        "hubhook"
+    );
     assert_eq!(host["extensions"]["http"]["routePrefix"], "");
     let f = read("azure/handler/function.json");
     let trigger = &f["bindings"][0];
     assert_eq!(trigger["authLevel"], "anonymous");
     assert_eq!(trigger["route"], "{*path}");
     for m in ["get", "post", "options"] {
-        assert!(trigger["methods"].as_array().unwrap().contains(&json!(m)), "{m}");
+        assert!(
+            trigger["methods"].as_array().unwrap().contains(&json!(m)),
+            "{m}"
+        );
     }
-    assert_eq!(f["bindings"].as_array().unwrap().len(), 2, "forwarding needs exactly one http in + one http out");
+    assert_eq!(
+        f["bindings"].as_array().unwrap().len(),
+        2,
+        "forwarding needs exactly one http in + one http out"
+    );
 }

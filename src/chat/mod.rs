@@ -14,7 +14,9 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::protocol::{self, ConnectRequest, ConnectResponse, ConnectionState, EventContext, EventData, Webhook};
+use crate::protocol::{
+    self, ConnectRequest, ConnectResponse, ConnectionState, EventContext, EventData, Webhook,
+};
 use crate::service::{SendOptions, ServiceClient};
 use crate::store::{NewMessage, SharedStore, StoreError};
 pub use notice::Notice;
@@ -65,7 +67,13 @@ struct Inner {
 
 impl Chat {
     pub fn new(store: SharedStore, service: ServiceClient, config: ChatConfig) -> Self {
-        Chat { inner: Arc::new(Inner { store, service, config }) }
+        Chat {
+            inner: Arc::new(Inner {
+                store,
+                service,
+                config,
+            }),
+        }
     }
 
     pub fn store(&self) -> &SharedStore {
@@ -83,24 +91,33 @@ impl Chat {
             protocol::Event::Connected => self.notice(ctx, Notice::Joined).await,
             protocol::Event::Disconnected(_) => self.notice(ctx, Notice::Left).await,
             protocol::Event::User(ev) if ev.name == "message" => self.message(ctx, &ev.data).await,
-            protocol::Event::User(ev) if self.inner.config.relay_events.iter().any(|e| *e == ev.name) => {
+            protocol::Event::User(ev) if self.inner.config.relay_events.contains(&ev.name) => {
                 self.relay(ctx, &ev.name, &ev.data).await
             }
             protocol::Event::User(ev) => protocol::failure(
                 StatusCode::BAD_REQUEST,
-                &format!("unsupported event {:?} (set HUBHOOK_RELAY_EVENTS to relay it)", ev.name),
+                &format!(
+                    "unsupported event {:?} (set HUBHOOK_RELAY_EVENTS to relay it)",
+                    ev.name
+                ),
             ),
         }
     }
 
     fn connect(&self, ctx: &EventContext, req: &ConnectRequest) -> Response<Bytes> {
-        let reject = |status, reason: &str| protocol::connect_rejection(status, reason, mqtt_of(ctx, req));
+        let reject =
+            |status, reason: &str| protocol::connect_rejection(status, reason, mqtt_of(ctx, req));
         // ce-userId is what the service took from the verified token; the query is the client's.
         let user = ctx.user_id.clone();
         if user.is_none() && !self.inner.config.allow_anonymous {
-            return reject(StatusCode::UNAUTHORIZED, "anonymous connections are not allowed");
+            return reject(
+                StatusCode::UNAUTHORIZED,
+                "anonymous connections are not allowed",
+            );
         }
-        let room = req.first_query("room").unwrap_or(&self.inner.config.default_room);
+        let room = req
+            .first_query("room")
+            .unwrap_or(&self.inner.config.default_room);
         if let Err(e) = validate_room(room) {
             return reject(StatusCode::BAD_REQUEST, &e.to_string());
         }
@@ -114,24 +131,38 @@ impl Chat {
             .subprotocols
             .iter()
             .find(|p| KNOWN_SUBPROTOCOLS.contains(&p.as_str()))
-            .or(if req.subprotocols.len() == 1 { req.subprotocols.first() } else { None })
+            .or(if req.subprotocols.len() == 1 {
+                req.subprotocols.first()
+            } else {
+                None
+            })
             .cloned();
         ConnectResponse {
             user_id: user,
             groups: vec![room.to_string()],
-            roles: vec![format!("webpubsub.joinLeaveGroup.{room}"), format!("webpubsub.sendToGroup.{room}")],
+            roles: vec![
+                format!("webpubsub.joinLeaveGroup.{room}"),
+                format!("webpubsub.sendToGroup.{room}"),
+            ],
             subprotocol,
         }
         .into_response(Some(&state))
     }
 
     fn home_room<'a>(&'a self, ctx: &'a EventContext) -> &'a str {
-        ctx.state.get_str(STATE_ROOM).unwrap_or(&self.inner.config.default_room)
+        ctx.state
+            .get_str(STATE_ROOM)
+            .unwrap_or(&self.inner.config.default_room)
     }
 
     async fn notice(&self, ctx: &EventContext, kind: Notice) -> Response<Bytes> {
         let room = self.home_room(ctx);
-        match self.inner.store.claim_delivery(&ctx.connection_id, &ctx.ce_id).await {
+        match self
+            .inner
+            .store
+            .claim_delivery(&ctx.connection_id, &ctx.ce_id)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => {
                 tracing::info!(ce_id = %ctx.ce_id, "retried {} event: notice already sent", kind.event());
@@ -140,11 +171,17 @@ impl Chat {
             Err(e) => return store_failure(&e),
         }
         let payload = kind.payload(room, ctx, &event_time(ctx));
-        match self.broadcast(room, payload, &ctx.connection_id, false).await {
+        match self
+            .broadcast(room, payload, &ctx.connection_id, false)
+            .await
+        {
             Ok(()) => protocol::notification_ack(),
             Err(e) => {
                 tracing::error!(ce_id = %ctx.ce_id, error = %e, "{} notice not delivered", kind.event());
-                protocol::failure(StatusCode::BAD_GATEWAY, &format!("{} notice not delivered: {e}", kind.event()))
+                protocol::failure(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("{} notice not delivered: {e}", kind.event()),
+                )
             }
         }
     }
@@ -175,7 +212,9 @@ impl Chat {
             let payload = json!({
                 "type": "message", "room": m.room, "id": m.id, "from": m.from, "text": m.text, "at": m.at,
             });
-            let sent = self.broadcast(&m.room, payload, &ctx.connection_id, false).await;
+            let sent = self
+                .broadcast(&m.room, payload, &ctx.connection_id, false)
+                .await;
             reply["broadcast"] = sent.is_ok().into();
             if let Err(e) = sent {
                 tracing::error!(ce_id = %ctx.ce_id, id = %m.id, error = %e, "message stored but broadcast failed");
@@ -192,27 +231,55 @@ impl Chat {
         let data = match data {
             EventData::Text(s) => Value::from(s.as_str()),
             EventData::Json(v) => v.clone(),
-            EventData::Binary(_) => return protocol::failure(StatusCode::BAD_REQUEST, "binary data is not relayed"),
+            EventData::Binary(_) => {
+                return protocol::failure(StatusCode::BAD_REQUEST, "binary data is not relayed")
+            }
         };
         let room = self.home_room(ctx);
         let payload = json!({ "type": event, "room": room, "from": ctx.user_id, "data": data, "at": event_time(ctx) });
-        match self.broadcast(room, payload, &ctx.connection_id, true).await {
+        match self
+            .broadcast(room, payload, &ctx.connection_id, true)
+            .await
+        {
             Ok(()) => protocol::user_event_reply(None, None),
             Err(e) => protocol::failure(StatusCode::BAD_GATEWAY, &format!("relay failed: {e}")),
         }
     }
 
-    async fn broadcast(&self, room: &str, payload: Value, sender: &str, exclude_sender: bool) -> Result<(), crate::service::ServiceError> {
-        let opts = SendOptions { excluded: if exclude_sender { vec![sender.to_string()] } else { vec![] }, ..Default::default() };
-        self.inner.service.send_to_group(room, &EventData::Json(payload), &opts).await
+    async fn broadcast(
+        &self,
+        room: &str,
+        payload: Value,
+        sender: &str,
+        exclude_sender: bool,
+    ) -> Result<(), crate::service::ServiceError> {
+        let opts = SendOptions {
+            excluded: if exclude_sender {
+                vec![sender.to_string()]
+            } else {
+                vec![]
+            },
+            ..Default::default()
+        };
+        self.inner
+            .service
+            .send_to_group(room, &EventData::Json(payload), &opts)
+            .await
     }
 
     fn too_large(&self) -> String {
-        format!("message exceeds {} bytes", self.inner.config.max_message_bytes)
+        format!(
+            "message exceeds {} bytes",
+            self.inner.config.max_message_bytes
+        )
     }
 
     /// Text from a text frame, a JSON string, or `{"text": .., "room"?: ..}`.
-    fn parse_message(&self, ctx: &EventContext, data: &EventData) -> Result<(String, String), String> {
+    fn parse_message(
+        &self,
+        ctx: &EventContext,
+        data: &EventData,
+    ) -> Result<(String, String), String> {
         let home = self.home_room(ctx);
         let (text, room) = match data {
             EventData::Text(s) => (s.clone(), None),
@@ -230,8 +297,12 @@ impl Chat {
                 };
                 (text, room)
             }
-            EventData::Json(_) => return Err("JSON message must be a string or an object with \"text\"".into()),
-            EventData::Binary(_) => return Err("binary messages are not supported; send text or JSON".into()),
+            EventData::Json(_) => {
+                return Err("JSON message must be a string or an object with \"text\"".into())
+            }
+            EventData::Binary(_) => {
+                return Err("binary messages are not supported; send text or JSON".into())
+            }
         };
         if text.trim().is_empty() {
             return Err("empty message".into());
@@ -263,13 +334,22 @@ fn store_failure(e: &StoreError) -> Response<Bytes> {
     protocol::failure(status, &e.to_string())
 }
 
-fn mqtt_of<'a>(ctx: &'a EventContext, req: &ConnectRequest) -> Option<(&'a protocol::MqttContext, u8)> {
-    ctx.mqtt.as_ref().map(|m| (m, req.mqtt.as_ref().map_or(4, |p| p.protocol_version)))
+fn mqtt_of<'a>(
+    ctx: &'a EventContext,
+    req: &ConnectRequest,
+) -> Option<(&'a protocol::MqttContext, u8)> {
+    ctx.mqtt
+        .as_ref()
+        .map(|m| (m, req.mqtt.as_ref().map_or(4, |p| p.protocol_version)))
 }
 
 /// Rooms the client's token lets it publish to (`webpubsub.sendToGroup[.room]` role claims).
 fn token_send_rooms(req: &ConnectRequest) -> Value {
-    let roles = req.claims.get("role").map(Vec::as_slice).unwrap_or_default();
+    let roles = req
+        .claims
+        .get("role")
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     if roles.iter().any(|r| r == "webpubsub.sendToGroup") {
         return Value::from("*");
     }
@@ -294,10 +374,9 @@ fn may_send_to(state: &ConnectionState, room: &str) -> bool {
 }
 
 fn event_time_ms(ctx: &EventContext) -> i64 {
-    let parsed = ctx
-        .ce_time
-        .as_deref()
-        .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok());
+    let parsed = ctx.ce_time.as_deref().and_then(|t| {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+    });
     let t = parsed.unwrap_or_else(time::OffsetDateTime::now_utc);
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }

@@ -11,7 +11,10 @@ pub fn validate_room(room: &str) -> Result<(), RoomError> {
     if room.is_empty() || room.len() > 64 {
         return Err(RoomError::Length);
     }
-    if !room.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+    if !room
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
         return Err(RoomError::Alphabet);
     }
     Ok(())

@@ -8,7 +8,11 @@ use crate::store::sqlite::SqliteStore;
 fn chat(dir: &tempfile::TempDir, config: ChatConfig) -> Chat {
     let store = Arc::new(SqliteStore::open(dir.path().join("t.db")).unwrap());
     let cs = ConnectionString::parse("Endpoint=http://127.0.0.1:9;AccessKey=k").unwrap();
-    Chat::new(store, ServiceClient::new(&cs, "chat", RetryPolicy::default()).unwrap(), config)
+    Chat::new(
+        store,
+        ServiceClient::new(&cs, "chat", RetryPolicy::default()).unwrap(),
+        config,
+    )
 }
 
 fn ctx(user: Option<&str>) -> EventContext {
@@ -31,7 +35,8 @@ fn connect_req(query_room: Option<&str>, roles: &[&str], subprotocols: &[&str]) 
     if let Some(r) = query_room {
         req.query.insert("room".into(), vec![r.into()]);
     }
-    req.claims.insert("role".into(), roles.iter().map(|s| s.to_string()).collect());
+    req.claims
+        .insert("role".into(), roles.iter().map(|s| s.to_string()).collect());
     req.subprotocols = subprotocols.iter().map(|s| s.to_string()).collect();
     req
 }
@@ -71,7 +76,13 @@ fn connect_rejects_anonymous_and_bad_rooms() {
     let r = c.connect(&ctx(Some("a")), &connect_req(Some("no spaces"), &[], &[]));
     assert_eq!(r.status(), 400);
 
-    let c = chat(&dir, ChatConfig { allow_anonymous: true, ..Default::default() });
+    let c = chat(
+        &dir,
+        ChatConfig {
+            allow_anonymous: true,
+            ..Default::default()
+        },
+    );
     let r = c.connect(&ctx(None), &connect_req(None, &[], &[]));
     assert_eq!(r.status(), 200);
     let body: Value = serde_json::from_slice(r.body()).unwrap();
@@ -81,28 +92,62 @@ fn connect_rejects_anonymous_and_bad_rooms() {
 #[test]
 fn message_rules() {
     let dir = tempfile::tempdir().unwrap();
-    let c = chat(&dir, ChatConfig { max_message_bytes: 10, ..Default::default() });
+    let c = chat(
+        &dir,
+        ChatConfig {
+            max_message_bytes: 10,
+            ..Default::default()
+        },
+    );
     let mut cx = ctx(Some("alice"));
     cx.state.set("room", "home");
     let ok = |d: EventData| c.parse_message(&cx, &d);
-    assert_eq!(ok(EventData::Text("hi".into())), Ok(("hi".into(), "home".into())));
-    assert_eq!(ok(EventData::Json(json!("hi"))), Ok(("hi".into(), "home".into())));
-    assert_eq!(ok(EventData::Json(json!({"text":"hi","room":"home"}))), Ok(("hi".into(), "home".into())));
-    assert!(ok(EventData::Text("   ".into())).unwrap_err().contains("empty"));
-    assert!(ok(EventData::Text("x".repeat(11))).unwrap_err().contains("exceeds 10 bytes"));
+    assert_eq!(
+        ok(EventData::Text("hi".into())),
+        Ok(("hi".into(), "home".into()))
+    );
+    assert_eq!(
+        ok(EventData::Json(json!("hi"))),
+        Ok(("hi".into(), "home".into()))
+    );
+    assert_eq!(
+        ok(EventData::Json(json!({"text":"hi","room":"home"}))),
+        Ok(("hi".into(), "home".into()))
+    );
+    assert!(ok(EventData::Text("   ".into()))
+        .unwrap_err()
+        .contains("empty"));
+    assert!(ok(EventData::Text("x".repeat(11)))
+        .unwrap_err()
+        .contains("exceeds 10 bytes"));
     assert!(ok(EventData::Json(json!({"text":5}))).is_err());
     assert!(ok(EventData::Json(json!({"body":"x"}))).is_err());
     assert!(ok(EventData::Json(json!([1]))).is_err());
     assert!(ok(EventData::Binary(bytes::Bytes::from_static(b"x"))).is_err());
-    assert!(ok(EventData::Json(json!({"text":"hi","room":"other"}))).unwrap_err().contains("no permission"));
+    assert!(ok(EventData::Json(json!({"text":"hi","room":"other"})))
+        .unwrap_err()
+        .contains("no permission"));
     assert!(ok(EventData::Json(json!({"text":"hi","room":"bad room"}))).is_err());
 
     // a token role for another room lets the connection send there
-    let r = c.connect(&ctx(Some("alice")), &connect_req(Some("home"), &["webpubsub.sendToGroup.other"], &[]));
+    let r = c.connect(
+        &ctx(Some("alice")),
+        &connect_req(Some("home"), &["webpubsub.sendToGroup.other"], &[]),
+    );
     cx.state = ConnectionState::decode(r.headers()["ce-connectionstate"].to_str().unwrap());
-    assert_eq!(c.parse_message(&cx, &EventData::Json(json!({"text":"hi","room":"other"}))), Ok(("hi".into(), "other".into())));
-    assert!(c.parse_message(&cx, &EventData::Json(json!({"text":"hi","room":"third"}))).is_err());
-    let r = c.connect(&ctx(Some("alice")), &connect_req(Some("home"), &["webpubsub.sendToGroup"], &[]));
+    assert_eq!(
+        c.parse_message(&cx, &EventData::Json(json!({"text":"hi","room":"other"}))),
+        Ok(("hi".into(), "other".into()))
+    );
+    assert!(c
+        .parse_message(&cx, &EventData::Json(json!({"text":"hi","room":"third"})))
+        .is_err());
+    let r = c.connect(
+        &ctx(Some("alice")),
+        &connect_req(Some("home"), &["webpubsub.sendToGroup"], &[]),
+    );
     cx.state = ConnectionState::decode(r.headers()["ce-connectionstate"].to_str().unwrap());
-    assert!(c.parse_message(&cx, &EventData::Json(json!({"text":"hi","room":"third"}))).is_ok());
+    assert!(c
+        .parse_message(&cx, &EventData::Json(json!({"text":"hi","room":"third"})))
+        .is_ok());
 }

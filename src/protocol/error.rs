@@ -33,7 +33,9 @@ pub enum ProtocolError {
 impl ProtocolError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProtocolError::MissingSignature | ProtocolError::BadSignature => StatusCode::UNAUTHORIZED,
+            ProtocolError::MissingSignature | ProtocolError::BadSignature => {
+                StatusCode::UNAUTHORIZED
+            }
             ProtocolError::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
             ProtocolError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProtocolError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,

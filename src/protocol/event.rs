@@ -82,10 +82,16 @@ pub struct ConnectRequest {
 
 impl ConnectRequest {
     pub fn first_claim(&self, name: &str) -> Option<&str> {
-        self.claims.get(name).and_then(|v| v.first()).map(String::as_str)
+        self.claims
+            .get(name)
+            .and_then(|v| v.first())
+            .map(String::as_str)
     }
     pub fn first_query(&self, name: &str) -> Option<&str> {
-        self.query.get(name).and_then(|v| v.first()).map(String::as_str)
+        self.query
+            .get(name)
+            .and_then(|v| v.first())
+            .map(String::as_str)
     }
 }
 
@@ -211,7 +217,10 @@ pub struct WebhookParser {
 impl WebhookParser {
     /// `verifier: None` disables signature checks (an explicit, logged choice of the caller).
     pub fn new(hub: impl Into<String>, verifier: Option<SignatureVerifier>) -> Self {
-        WebhookParser { hub: hub.into(), verifier }
+        WebhookParser {
+            hub: hub.into(),
+            verifier,
+        }
     }
 
     pub fn hub(&self) -> &str {
@@ -233,7 +242,10 @@ impl WebhookParser {
         }
         let hub = required(headers, "ce-hub")?;
         if !hub.eq_ignore_ascii_case(&self.hub) {
-            return Err(ProtocolError::WrongHub { got: hub, expected: self.hub.clone() });
+            return Err(ProtocolError::WrongHub {
+                got: hub,
+                expected: self.hub.clone(),
+            });
         }
         let ce_id = required(headers, "ce-id")?;
         let event_name_header = optional(headers, "ce-eventName")?;
@@ -244,7 +256,10 @@ impl WebhookParser {
         let physical = optional(headers, "ce-physicalConnectionId")?;
         let mqtt = match (&subprotocol, physical) {
             (Some(p), Some(physical_connection_id)) if p.to_ascii_lowercase().contains("mqtt") => {
-                Some(MqttContext { physical_connection_id, session_id: optional(headers, "ce-sessionId")? })
+                Some(MqttContext {
+                    physical_connection_id,
+                    session_id: optional(headers, "ce-sessionId")?,
+                })
             }
             _ => None,
         };
@@ -253,21 +268,35 @@ impl WebhookParser {
             let event = match sys.to_ascii_lowercase().as_str() {
                 "connect" => Event::Connect(json_body("connect", &body)?),
                 "connected" => Event::Connected,
-                "disconnected" => Event::Disconnected(if body.iter().all(u8::is_ascii_whitespace) {
-                    DisconnectedRequest::default()
-                } else {
-                    json_body("disconnected", &body)?
-                }),
+                "disconnected" => {
+                    Event::Disconnected(if body.iter().all(u8::is_ascii_whitespace) {
+                        DisconnectedRequest::default()
+                    } else {
+                        json_body("disconnected", &body)?
+                    })
+                }
                 _ => return Err(ProtocolError::UnknownType(ce_type)),
             };
-            (event, event_name_header.unwrap_or_else(|| sys.to_ascii_lowercase()))
+            (
+                event,
+                event_name_header.unwrap_or_else(|| sys.to_ascii_lowercase()),
+            )
         } else if let Some(name) = strip_prefix_ci(&ce_type, TYPE_PREFIX_USER) {
             let name = event_name_header.unwrap_or_else(|| name.to_string());
             if name.is_empty() {
-                return Err(ProtocolError::InvalidHeader { name: "ce-eventName", reason: "empty".into() });
+                return Err(ProtocolError::InvalidHeader {
+                    name: "ce-eventName",
+                    reason: "empty".into(),
+                });
             }
             let data = user_data(headers, body)?;
-            (Event::User(UserEvent { name: name.clone(), data }), name)
+            (
+                Event::User(UserEvent {
+                    name: name.clone(),
+                    data,
+                }),
+                name,
+            )
         } else {
             return Err(ProtocolError::UnknownType(ce_type));
         };
@@ -292,21 +321,38 @@ impl WebhookParser {
 
 fn user_data(headers: &HeaderMap, body: Bytes) -> Result<EventData, ProtocolError> {
     let ct = optional(headers, "content-type")?.unwrap_or_default();
-    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let media = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match media.as_str() {
         "text/plain" => String::from_utf8(body.to_vec())
             .map(EventData::Text)
-            .map_err(|_| ProtocolError::InvalidBody { event: "user", reason: "text/plain body is not UTF-8".into() }),
+            .map_err(|_| ProtocolError::InvalidBody {
+                event: "user",
+                reason: "text/plain body is not UTF-8".into(),
+            }),
         "application/json" => serde_json::from_slice(&body)
             .map(EventData::Json)
-            .map_err(|e| ProtocolError::InvalidBody { event: "user", reason: format!("invalid JSON: {e}") }),
+            .map_err(|e| ProtocolError::InvalidBody {
+                event: "user",
+                reason: format!("invalid JSON: {e}"),
+            }),
         "application/octet-stream" => Ok(EventData::Binary(body)),
         _ => Err(ProtocolError::UnsupportedContentType(ct)),
     }
 }
 
-fn json_body<T: for<'de> Deserialize<'de>>(event: &'static str, body: &[u8]) -> Result<T, ProtocolError> {
-    serde_json::from_slice(body).map_err(|e| ProtocolError::InvalidBody { event, reason: e.to_string() })
+fn json_body<T: for<'de> Deserialize<'de>>(
+    event: &'static str,
+    body: &[u8],
+) -> Result<T, ProtocolError> {
+    serde_json::from_slice(body).map_err(|e| ProtocolError::InvalidBody {
+        event,
+        reason: e.to_string(),
+    })
 }
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
@@ -319,10 +365,12 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 fn optional(headers: &HeaderMap, name: &'static str) -> Result<Option<String>, ProtocolError> {
     match headers.get(name) {
         None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .map(|s| Some(s.trim().to_string()))
-            .map_err(|_| ProtocolError::InvalidHeader { name, reason: "not visible ASCII".into() }),
+        Some(v) => v.to_str().map(|s| Some(s.trim().to_string())).map_err(|_| {
+            ProtocolError::InvalidHeader {
+                name,
+                reason: "not visible ASCII".into(),
+            }
+        }),
     }
 }
 

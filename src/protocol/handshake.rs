@@ -40,14 +40,19 @@ impl AllowedOrigins {
 
     /// The `WebHook-Allowed-Origin` value to answer with, given the probe's `WebHook-Request-Origin`.
     pub fn check(&self, request_origin: Option<&str>) -> Result<String, ProtocolError> {
-        let origin = request_origin.map(str::trim).filter(|s| !s.is_empty()).ok_or(ProtocolError::MissingOrigin)?;
+        let origin = request_origin
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .ok_or(ProtocolError::MissingOrigin)?;
         match self {
             AllowedOrigins::Any => Ok("*".to_string()),
             AllowedOrigins::Hosts(hosts) => {
                 if hosts.iter().any(|h| h.eq_ignore_ascii_case(origin)) {
                     Ok(origin.to_string())
                 } else {
-                    Err(ProtocolError::OriginNotAllowed(origin.chars().take(256).collect()))
+                    Err(ProtocolError::OriginNotAllowed(
+                        origin.chars().take(256).collect(),
+                    ))
                 }
             }
         }
@@ -60,11 +65,18 @@ mod tests {
 
     #[test]
     fn allows_listed_hosts_case_insensitively() {
-        let a = AllowedOrigins::parse("https://Contoso.webpubsub.azure.com/, other.example").unwrap();
-        assert_eq!(a.check(Some("contoso.webpubsub.azure.com")).unwrap(), "contoso.webpubsub.azure.com");
+        let a =
+            AllowedOrigins::parse("https://Contoso.webpubsub.azure.com/, other.example").unwrap();
+        assert_eq!(
+            a.check(Some("contoso.webpubsub.azure.com")).unwrap(),
+            "contoso.webpubsub.azure.com"
+        );
         assert_eq!(a.check(Some("OTHER.example")).unwrap(), "OTHER.example");
         assert_eq!(
-            a.check(Some("evil.webpubsub.azure.com")).unwrap_err().status().as_u16(),
+            a.check(Some("evil.webpubsub.azure.com"))
+                .unwrap_err()
+                .status()
+                .as_u16(),
             403
         );
         assert_eq!(a.check(None), Err(ProtocolError::MissingOrigin));

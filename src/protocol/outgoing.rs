@@ -4,14 +4,24 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::{sign, Event, EventContext, EventData, ProtocolError, TYPE_PREFIX_SYS, TYPE_PREFIX_USER};
+use super::{
+    sign, Event, EventContext, EventData, ProtocolError, TYPE_PREFIX_SYS, TYPE_PREFIX_USER,
+};
 
 /// Headers and body of the `POST` for `event`, signed with `keys` (none: unsigned).
-pub fn build_webhook(ctx: &EventContext, event: &Event, keys: &[&str]) -> Result<(HeaderMap, Bytes), ProtocolError> {
+pub fn build_webhook(
+    ctx: &EventContext,
+    event: &Event,
+    keys: &[&str],
+) -> Result<(HeaderMap, Bytes), ProtocolError> {
     let mut h = HeaderMap::new();
     let mut put = |name: &'static str, value: &str| -> Result<(), ProtocolError> {
-        let v = HeaderValue::from_bytes(value.as_bytes())
-            .map_err(|_| ProtocolError::InvalidHeader { name, reason: "cannot be sent as a header".into() })?;
+        let v = HeaderValue::from_bytes(value.as_bytes()).map_err(|_| {
+            ProtocolError::InvalidHeader {
+                name,
+                reason: "cannot be sent as a header".into(),
+            }
+        })?;
         h.append(HeaderName::from_static(name), v);
         Ok(())
     };
@@ -19,9 +29,15 @@ pub fn build_webhook(ctx: &EventContext, event: &Event, keys: &[&str]) -> Result
         Event::Connect(req) => (
             format!("{TYPE_PREFIX_SYS}connect"),
             "application/json; charset=utf-8",
-            serde_json::to_vec(req).expect("connect request serialises").into(),
+            serde_json::to_vec(req)
+                .expect("connect request serialises")
+                .into(),
         ),
-        Event::Connected => (format!("{TYPE_PREFIX_SYS}connected"), "application/json; charset=utf-8", Bytes::from_static(b"{}")),
+        Event::Connected => (
+            format!("{TYPE_PREFIX_SYS}connected"),
+            "application/json; charset=utf-8",
+            Bytes::from_static(b"{}"),
+        ),
         Event::Disconnected(d) => (
             format!("{TYPE_PREFIX_SYS}disconnected"),
             "application/json; charset=utf-8",
@@ -30,7 +46,10 @@ pub fn build_webhook(ctx: &EventContext, event: &Event, keys: &[&str]) -> Result
         Event::User(u) => {
             let (ct, body) = match &u.data {
                 EventData::Text(s) => ("text/plain", Bytes::copy_from_slice(s.as_bytes())),
-                EventData::Json(v) => ("application/json", serde_json::to_vec(v).expect("json serialises").into()),
+                EventData::Json(v) => (
+                    "application/json",
+                    serde_json::to_vec(v).expect("json serialises").into(),
+                ),
                 EventData::Binary(b) => ("application/octet-stream", b.clone()),
             };
             (format!("{TYPE_PREFIX_USER}{}", u.name), ct, body)
@@ -40,12 +59,18 @@ pub fn build_webhook(ctx: &EventContext, event: &Event, keys: &[&str]) -> Result
     put("ce-specversion", "1.0")?;
     put("ce-awpsversion", "1.0")?;
     put("ce-type", &ce_type)?;
-    put("ce-source", &format!("/hubs/{}/client/{}", ctx.hub, ctx.connection_id))?;
+    put(
+        "ce-source",
+        &format!("/hubs/{}/client/{}", ctx.hub, ctx.connection_id),
+    )?;
     put("ce-id", &ctx.ce_id)?;
     let time = ctx.ce_time.clone().unwrap_or_else(now_rfc3339);
     put("ce-time", &time)?;
     if !keys.is_empty() {
-        put("ce-signature", &sign(keys.iter().copied(), &ctx.connection_id))?;
+        put(
+            "ce-signature",
+            &sign(keys.iter().copied(), &ctx.connection_id),
+        )?;
     }
     if let Some(u) = &ctx.user_id {
         put("ce-userid", u)?;

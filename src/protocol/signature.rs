@@ -98,7 +98,8 @@ impl SignatureVerifier {
 }
 
 fn strip_prefix_ci<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
-    (s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix)).then(|| &s[prefix.len()..])
+    (s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix))
+        .then(|| &s[prefix.len()..])
 }
 
 #[cfg(test)]
@@ -126,7 +127,10 @@ mod tests {
             assert_eq!(v.verify([both.as_bytes()], CID), Ok(()));
         }
         // only the secondary's entry present, verifier holds the secondary
-        assert_eq!(SignatureVerifier::new([K2]).verify([SIG2.as_bytes()], CID), Ok(()));
+        assert_eq!(
+            SignatureVerifier::new([K2]).verify([SIG2.as_bytes()], CID),
+            Ok(())
+        );
         assert_eq!(
             SignatureVerifier::new([K1]).verify([SIG2.as_bytes()], CID),
             Err(ProtocolError::BadSignature)
@@ -137,22 +141,56 @@ mod tests {
     fn accepts_repeated_lines_spaces_and_upper_case_hex() {
         let v = SignatureVerifier::new([K2]);
         let upper = format!("SHA256={}", SIG2[7..].to_uppercase());
-        assert_eq!(v.verify([SIG1.as_bytes(), format!("  {upper} ").as_bytes()], CID), Ok(()));
-        assert_eq!(v.verify([format!("{SIG1} , {SIG2}").as_bytes()], CID), Ok(()));
+        assert_eq!(
+            v.verify([SIG1.as_bytes(), format!("  {upper} ").as_bytes()], CID),
+            Ok(())
+        );
+        assert_eq!(
+            v.verify([format!("{SIG1} , {SIG2}").as_bytes()], CID),
+            Ok(())
+        );
     }
 
     #[test]
     fn rejects_missing_wrong_and_garbage() {
         let v = SignatureVerifier::new([K1, K2]);
-        assert_eq!(v.verify(std::iter::empty(), CID), Err(ProtocolError::MissingSignature));
-        assert_eq!(v.verify([b" , ".as_slice()], CID), Err(ProtocolError::MissingSignature));
-        assert_eq!(v.verify([WRONG_B64_KEY.as_bytes()], CID), Err(ProtocolError::BadSignature));
-        assert_eq!(v.verify([SIG1.as_bytes()], "other"), Err(ProtocolError::BadSignature));
-        for junk in ["sha256=", "sha256=zz", "md5=abc", "sha256=8805d739", "\u{0}\u{ff}"] {
-            assert_eq!(v.verify([junk.as_bytes()], CID), Err(ProtocolError::BadSignature), "{junk}");
+        assert_eq!(
+            v.verify(std::iter::empty(), CID),
+            Err(ProtocolError::MissingSignature)
+        );
+        assert_eq!(
+            v.verify([b" , ".as_slice()], CID),
+            Err(ProtocolError::MissingSignature)
+        );
+        assert_eq!(
+            v.verify([WRONG_B64_KEY.as_bytes()], CID),
+            Err(ProtocolError::BadSignature)
+        );
+        assert_eq!(
+            v.verify([SIG1.as_bytes()], "other"),
+            Err(ProtocolError::BadSignature)
+        );
+        for junk in [
+            "sha256=",
+            "sha256=zz",
+            "md5=abc",
+            "sha256=8805d739",
+            "\u{0}\u{ff}",
+        ] {
+            assert_eq!(
+                v.verify([junk.as_bytes()], CID),
+                Err(ProtocolError::BadSignature),
+                "{junk}"
+            );
         }
         let truncated = &SIG1[..SIG1.len() - 2];
-        assert_eq!(v.verify([truncated.as_bytes()], CID), Err(ProtocolError::BadSignature));
-        assert_eq!(SignatureVerifier::new([]).verify([SIG1.as_bytes()], CID), Err(ProtocolError::BadSignature));
+        assert_eq!(
+            v.verify([truncated.as_bytes()], CID),
+            Err(ProtocolError::BadSignature)
+        );
+        assert_eq!(
+            SignatureVerifier::new([]).verify([SIG1.as_bytes()], CID),
+            Err(ProtocolError::BadSignature)
+        );
     }
 }

@@ -90,8 +90,14 @@ mod tests {
         s.set("n", 1);
         // reference §2.4: express writes exactly this for {"room":"lobby","n":1}
         assert_eq!(s.encode(), "eyJyb29tIjoibG9iYnkiLCJuIjoxfQ==");
-        assert_eq!(ConnectionState::decode("eyJyb29tIjoibG9iYnkiLCJuIjoxfQ=="), s);
-        assert_eq!(ConnectionState::decode("eyJrZXkiOiJhIn0=").get_str("key"), Some("a"));
+        assert_eq!(
+            ConnectionState::decode("eyJyb29tIjoibG9iYnkiLCJuIjoxfQ=="),
+            s
+        );
+        assert_eq!(
+            ConnectionState::decode("eyJrZXkiOiJhIn0=").get_str("key"),
+            Some("a")
+        );
     }
 
     #[test]
@@ -103,7 +109,14 @@ mod tests {
 
     #[test]
     fn garbage_reads_as_empty() {
-        for h in ["", "!!!", "bm90IGpzb24=", "WzEsMl0=", "\u{0}\u{ff}", "eyJyb29t"] {
+        for h in [
+            "",
+            "!!!",
+            "bm90IGpzb24=",
+            "WzEsMl0=",
+            "\u{0}\u{ff}",
+            "eyJyb29t",
+        ] {
             assert!(ConnectionState::decode(h).is_empty(), "{h:?}");
         }
     }

@@ -17,7 +17,10 @@ fn parser() -> WebhookParser {
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut h = HeaderMap::new();
     for (k, v) in pairs {
-        h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        h.append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
     }
     h
 }
@@ -56,8 +59,13 @@ fn parses_the_reference_connect() {
     assert_eq!(w.context.user_id.as_deref(), Some("alice"));
     assert_eq!(w.context.ce_id, "1");
     assert_eq!(w.context.event_name, "connect");
-    assert_eq!(w.context.origin.as_deref(), Some("contoso.webpubsub.azure.com"));
-    let Event::Connect(c) = w.event else { panic!("not connect") };
+    assert_eq!(
+        w.context.origin.as_deref(),
+        Some("contoso.webpubsub.azure.com")
+    );
+    let Event::Connect(c) = w.event else {
+        panic!("not connect")
+    };
     assert_eq!(c.first_claim("sub"), Some("alice"));
     assert_eq!(c.first_query("room"), Some("lobby"));
     assert_eq!(c.headers["Sec-WebSocket-Version"], vec!["13"]);
@@ -71,7 +79,10 @@ fn header_names_are_case_insensitive() {
     let mut upper = HeaderMap::new();
     for (k, v) in h.iter() {
         // HeaderName is always lower-case; what matters is that wire case never reached it.
-        upper.append(HeaderName::from_bytes(k.as_str().to_uppercase().as_bytes()).unwrap(), v.clone());
+        upper.append(
+            HeaderName::from_bytes(k.as_str().to_uppercase().as_bytes()).unwrap(),
+            v.clone(),
+        );
     }
     assert!(parser().parse(&upper, b).is_ok());
 }
@@ -80,13 +91,27 @@ fn header_names_are_case_insensitive() {
 fn rejects_bad_or_missing_signatures_before_the_body() {
     let (mut h, _) = reference_connect();
     h.remove("ce-signature");
-    let e = parser().parse(&h, Bytes::from_static(b"not json")).unwrap_err();
-    assert_eq!((e.status().as_u16(), e), (401, ProtocolError::MissingSignature));
+    let e = parser()
+        .parse(&h, Bytes::from_static(b"not json"))
+        .unwrap_err();
+    assert_eq!(
+        (e.status().as_u16(), e),
+        (401, ProtocolError::MissingSignature)
+    );
     h.insert("ce-signature", HeaderValue::from_static("sha256=00"));
-    assert_eq!(parser().parse(&h, Bytes::new()).unwrap_err(), ProtocolError::BadSignature);
+    assert_eq!(
+        parser().parse(&h, Bytes::new()).unwrap_err(),
+        ProtocolError::BadSignature
+    );
     // signature of another connection
-    h.insert("ce-signature", HeaderValue::from_str(&sign([K1], "someone-else")).unwrap());
-    assert_eq!(parser().parse(&h, Bytes::new()).unwrap_err(), ProtocolError::BadSignature);
+    h.insert(
+        "ce-signature",
+        HeaderValue::from_str(&sign([K1], "someone-else")).unwrap(),
+    );
+    assert_eq!(
+        parser().parse(&h, Bytes::new()).unwrap_err(),
+        ProtocolError::BadSignature
+    );
     // explicitly disabled verification accepts it
     let (mut h, b) = reference_connect();
     h.remove("ce-signature");
@@ -108,36 +133,82 @@ fn signed(extra: &[(&str, &str)]) -> HeaderMap {
 #[test]
 fn parses_connected_disconnected_and_user_events() {
     let p = parser();
-    let w = p.parse(&signed(&[("ce-type", "azure.webpubsub.sys.connected")]), Bytes::from_static(b"{}")).unwrap();
-    assert_eq!((w.event.clone(), w.context.event_name.as_str()), (Event::Connected, "connected"));
+    let w = p
+        .parse(
+            &signed(&[("ce-type", "azure.webpubsub.sys.connected")]),
+            Bytes::from_static(b"{}"),
+        )
+        .unwrap();
+    assert_eq!(
+        (w.event.clone(), w.context.event_name.as_str()),
+        (Event::Connected, "connected")
+    );
 
     let w = p
         .parse(
-            &signed(&[("ce-type", "azure.webpubsub.sys.disconnected"), ("ce-eventName", "disconnected")]),
+            &signed(&[
+                ("ce-type", "azure.webpubsub.sys.disconnected"),
+                ("ce-eventName", "disconnected"),
+            ]),
             Bytes::from_static(br#"{"reason":"Connection closed by the client."}"#),
         )
         .unwrap();
-    let Event::Disconnected(d) = w.event else { panic!() };
-    assert_eq!(d.reason.as_deref(), Some("Connection closed by the client."));
+    let Event::Disconnected(d) = w.event else {
+        panic!()
+    };
+    assert_eq!(
+        d.reason.as_deref(),
+        Some("Connection closed by the client.")
+    );
     let w = p
-        .parse(&signed(&[("ce-type", "azure.webpubsub.sys.disconnected")]), Bytes::from_static(br#"{"reason":null}"#))
+        .parse(
+            &signed(&[("ce-type", "azure.webpubsub.sys.disconnected")]),
+            Bytes::from_static(br#"{"reason":null}"#),
+        )
         .unwrap();
     assert_eq!(w.event, Event::Disconnected(DisconnectedRequest::default()));
 
     for (ct, body, want) in [
         ("text/plain", &b"hi"[..], EventData::Text("hi".into())),
-        ("text/plain; charset=utf-8", b"hi", EventData::Text("hi".into())),
-        ("application/json", br#"{"text":"x"}"#, EventData::Json(json!({"text":"x"}))),
-        ("Application/JSON; charset=UTF-8", b"\"s\"", EventData::Json(json!("s"))),
-        ("application/octet-stream", &[0u8, 255, 128], EventData::Binary(Bytes::from_static(&[0, 255, 128]))),
+        (
+            "text/plain; charset=utf-8",
+            b"hi",
+            EventData::Text("hi".into()),
+        ),
+        (
+            "application/json",
+            br#"{"text":"x"}"#,
+            EventData::Json(json!({"text":"x"})),
+        ),
+        (
+            "Application/JSON; charset=UTF-8",
+            b"\"s\"",
+            EventData::Json(json!("s")),
+        ),
+        (
+            "application/octet-stream",
+            &[0u8, 255, 128],
+            EventData::Binary(Bytes::from_static(&[0, 255, 128])),
+        ),
     ] {
         let w = p
             .parse(
-                &signed(&[("ce-type", "azure.webpubsub.user.echo"), ("ce-eventName", "echo"), ("content-type", ct)]),
+                &signed(&[
+                    ("ce-type", "azure.webpubsub.user.echo"),
+                    ("ce-eventName", "echo"),
+                    ("content-type", ct),
+                ]),
                 Bytes::copy_from_slice(body),
             )
             .unwrap();
-        assert_eq!(w.event, Event::User(UserEvent { name: "echo".into(), data: want }), "{ct}");
+        assert_eq!(
+            w.event,
+            Event::User(UserEvent {
+                name: "echo".into(),
+                data: want
+            }),
+            "{ct}"
+        );
     }
 }
 
@@ -154,7 +225,10 @@ fn reads_connection_state_and_subprotocol() {
         )
         .unwrap();
     assert_eq!(w.context.state.get_str("room"), Some("lobby"));
-    assert_eq!(w.context.subprotocol.as_deref(), Some("json.reliable.webpubsub.azure.v1"));
+    assert_eq!(
+        w.context.subprotocol.as_deref(),
+        Some("json.reliable.webpubsub.azure.v1")
+    );
     assert!(w.context.mqtt.is_none());
 }
 
@@ -173,7 +247,10 @@ fn parses_mqtt_connect_and_disconnected() {
         )
         .unwrap();
     let mqtt = w.context.mqtt.clone().unwrap();
-    assert_eq!((mqtt.physical_connection_id.as_str(), mqtt.session_id), ("phys-1", None));
+    assert_eq!(
+        (mqtt.physical_connection_id.as_str(), mqtt.session_id),
+        ("phys-1", None)
+    );
     let Event::Connect(c) = w.event else { panic!() };
     assert_eq!(c.mqtt.unwrap().protocol_version, 5);
     assert_eq!(c.client_certificates[0].thumbprint, "ab");
@@ -191,14 +268,22 @@ fn parses_mqtt_connect_and_disconnected() {
         )
         .unwrap();
     assert_eq!(w.context.mqtt.unwrap().session_id.as_deref(), Some("s-1"));
-    let Event::Disconnected(d) = w.event else { panic!() };
+    let Event::Disconnected(d) = w.event else {
+        panic!()
+    };
     assert!(d.mqtt.unwrap().initiated_by_client);
 }
 
 #[test]
 fn tolerant_claim_shapes() {
-    let body = br#"{"claims":{"sub":"alice","exp":[1700000000],"admin":true,"none":null},"query":null}"#;
-    let w = parser().parse(&signed(&[("ce-type", "azure.webpubsub.sys.connect")]), Bytes::from_static(body)).unwrap();
+    let body =
+        br#"{"claims":{"sub":"alice","exp":[1700000000],"admin":true,"none":null},"query":null}"#;
+    let w = parser()
+        .parse(
+            &signed(&[("ce-type", "azure.webpubsub.sys.connect")]),
+            Bytes::from_static(body),
+        )
+        .unwrap();
     let Event::Connect(c) = w.event else { panic!() };
     assert_eq!(c.first_claim("sub"), Some("alice"));
     assert_eq!(c.first_claim("exp"), Some("1700000000"));
@@ -209,26 +294,75 @@ fn tolerant_claim_shapes() {
 #[test]
 fn hostile_input_gets_typed_errors_not_panics() {
     let p = parser();
-    let cases: Vec<(Vec<(&str, &str)>, &[u8], u16)> = vec![
-        (vec![("ce-type", "azure.webpubsub.sys.connect")], b"{\"claims\":{", 400),
-        (vec![("ce-type", "azure.webpubsub.sys.connect")], b"[1,2]", 400),
-        (vec![("ce-type", "azure.webpubsub.sys.connect")], br#"{"claims":{"sub":{"x":1}}}"#, 200),
-        (vec![("ce-type", "azure.webpubsub.sys.connect")], br#"{"subprotocols":"x"}"#, 400),
-        (vec![("ce-type", "azure.webpubsub.sys.connect")], b"\xff\xfe", 400),
-        (vec![("ce-type", "azure.webpubsub.sys.disconnected")], b"{\"reason\":5}", 400),
+    type Case<'a> = (Vec<(&'a str, &'a str)>, &'a [u8], u16);
+    let cases: Vec<Case> = vec![
+        (
+            vec![("ce-type", "azure.webpubsub.sys.connect")],
+            b"{\"claims\":{",
+            400,
+        ),
+        (
+            vec![("ce-type", "azure.webpubsub.sys.connect")],
+            b"[1,2]",
+            400,
+        ),
+        (
+            vec![("ce-type", "azure.webpubsub.sys.connect")],
+            br#"{"claims":{"sub":{"x":1}}}"#,
+            200,
+        ),
+        (
+            vec![("ce-type", "azure.webpubsub.sys.connect")],
+            br#"{"subprotocols":"x"}"#,
+            400,
+        ),
+        (
+            vec![("ce-type", "azure.webpubsub.sys.connect")],
+            b"\xff\xfe",
+            400,
+        ),
+        (
+            vec![("ce-type", "azure.webpubsub.sys.disconnected")],
+            b"{\"reason\":5}",
+            400,
+        ),
         (vec![("ce-type", "azure.webpubsub.sys.bogus")], b"{}", 400),
         (vec![("ce-type", "com.example.other")], b"{}", 400),
         (vec![("ce-type", "azure.webpubsub.user.")], b"{}", 400),
-        (vec![("ce-type", "azure.webpubsub.user.x"), ("content-type", "text/plain")], b"\xff\xfe", 400),
-        (vec![("ce-type", "azure.webpubsub.user.x"), ("content-type", "application/json")], b"{\"a\":", 400),
-        (vec![("ce-type", "azure.webpubsub.user.x"), ("content-type", "image/png")], b"x", 400),
+        (
+            vec![
+                ("ce-type", "azure.webpubsub.user.x"),
+                ("content-type", "text/plain"),
+            ],
+            b"\xff\xfe",
+            400,
+        ),
+        (
+            vec![
+                ("ce-type", "azure.webpubsub.user.x"),
+                ("content-type", "application/json"),
+            ],
+            b"{\"a\":",
+            400,
+        ),
+        (
+            vec![
+                ("ce-type", "azure.webpubsub.user.x"),
+                ("content-type", "image/png"),
+            ],
+            b"x",
+            400,
+        ),
         (vec![("ce-type", "azure.webpubsub.user.x")], b"x", 400),
     ];
     for (extra, body, want) in cases {
         let got = match p.parse(&signed(&extra), Bytes::copy_from_slice(body)) {
             Ok(_) => 200,
             Err(e) => {
-                assert!(!e.to_string().contains('\n'), "reason must be one line: {e}");
+                assert!(
+                    !e.to_string().contains('\n'),
+                    "reason must be one line: {e}"
+                );
                 e.status().as_u16()
             }
         };
@@ -237,17 +371,35 @@ fn hostile_input_gets_typed_errors_not_panics() {
     // missing required headers, wrong hub, non-ASCII header values
     let mut h = signed(&[("ce-type", "azure.webpubsub.sys.connected")]);
     h.remove("ce-id");
-    assert_eq!(p.parse(&h, Bytes::new()).unwrap_err(), ProtocolError::MissingHeader("ce-id"));
+    assert_eq!(
+        p.parse(&h, Bytes::new()).unwrap_err(),
+        ProtocolError::MissingHeader("ce-id")
+    );
     let mut h = signed(&[("ce-type", "azure.webpubsub.sys.connected")]);
     h.insert("ce-hub", HeaderValue::from_static("other"));
-    assert_eq!(p.parse(&h, Bytes::new()).unwrap_err().status().as_u16(), 400);
+    assert_eq!(
+        p.parse(&h, Bytes::new()).unwrap_err().status().as_u16(),
+        400
+    );
     let mut h = signed(&[("ce-type", "azure.webpubsub.sys.connected")]);
     h.insert("ce-userid", HeaderValue::from_bytes(b"\xff\xfe").unwrap());
-    assert!(matches!(p.parse(&h, Bytes::new()), Err(ProtocolError::InvalidHeader { .. })));
+    assert!(matches!(
+        p.parse(&h, Bytes::new()),
+        Err(ProtocolError::InvalidHeader { .. })
+    ));
     let mut h = signed(&[]);
-    h.insert("ce-type", HeaderValue::from_str(&"x".repeat(64 * 1024)).unwrap());
-    assert_eq!(p.parse(&h, Bytes::new()).unwrap_err().status().as_u16(), 400);
-    assert_eq!(p.parse(&HeaderMap::new(), Bytes::new()).unwrap_err(), ProtocolError::MissingHeader("ce-type"));
+    h.insert(
+        "ce-type",
+        HeaderValue::from_str(&"x".repeat(64 * 1024)).unwrap(),
+    );
+    assert_eq!(
+        p.parse(&h, Bytes::new()).unwrap_err().status().as_u16(),
+        400
+    );
+    assert_eq!(
+        p.parse(&HeaderMap::new(), Bytes::new()).unwrap_err(),
+        ProtocolError::MissingHeader("ce-type")
+    );
 }
 
 #[test]
@@ -267,12 +419,27 @@ fn builder_and_parser_agree() {
         mqtt: None,
     };
     let events = [
-        Event::Connect(ConnectRequest { subprotocols: vec!["a".into()], ..Default::default() }),
+        Event::Connect(ConnectRequest {
+            subprotocols: vec!["a".into()],
+            ..Default::default()
+        }),
         Event::Connected,
-        Event::Disconnected(DisconnectedRequest { reason: Some("bye".into()), mqtt: None }),
-        Event::User(UserEvent { name: "message".into(), data: EventData::Text("hi".into()) }),
-        Event::User(UserEvent { name: "message".into(), data: EventData::Json(json!({"text":"x"})) }),
-        Event::User(UserEvent { name: "message".into(), data: EventData::Binary(Bytes::from_static(b"\0\x01")) }),
+        Event::Disconnected(DisconnectedRequest {
+            reason: Some("bye".into()),
+            mqtt: None,
+        }),
+        Event::User(UserEvent {
+            name: "message".into(),
+            data: EventData::Text("hi".into()),
+        }),
+        Event::User(UserEvent {
+            name: "message".into(),
+            data: EventData::Json(json!({"text":"x"})),
+        }),
+        Event::User(UserEvent {
+            name: "message".into(),
+            data: EventData::Binary(Bytes::from_static(b"\0\x01")),
+        }),
     ];
     for event in events {
         let mut ctx = ctx.clone();

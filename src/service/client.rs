@@ -115,14 +115,27 @@ struct Call {
 }
 
 impl ServiceClient {
-    pub fn new(cs: &ConnectionString, hub: impl Into<String>, retry: RetryPolicy) -> Result<Self, ServiceError> {
+    pub fn new(
+        cs: &ConnectionString,
+        hub: impl Into<String>,
+        retry: RetryPolicy,
+    ) -> Result<Self, ServiceError> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(60))
             .user_agent(concat!("hubhook/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| ServiceError::Network { op: "init", reason: e.to_string() })?;
-        Ok(ServiceClient { http, origin: cs.origin().to_string(), hub: hub.into(), key: cs.access_key.clone(), retry })
+            .map_err(|e| ServiceError::Network {
+                op: "init",
+                reason: e.to_string(),
+            })?;
+        Ok(ServiceClient {
+            http,
+            origin: cs.origin().to_string(),
+            hub: hub.into(),
+            key: cs.access_key.clone(),
+            retry,
+        })
     }
 
     pub fn hub(&self) -> &str {
@@ -134,30 +147,73 @@ impl ServiceClient {
     }
 
     fn call(&self, op: &'static str, method: Method, path: String) -> Call {
-        Call { op, method, path, query: Vec::new(), body: None }
+        Call {
+            op,
+            method,
+            path,
+            query: Vec::new(),
+            body: None,
+        }
     }
 
-    pub async fn send_to_all(&self, data: &EventData, opts: &SendOptions) -> Result<(), ServiceError> {
+    pub async fn send_to_all(
+        &self,
+        data: &EventData,
+        opts: &SendOptions,
+    ) -> Result<(), ServiceError> {
         let c = self.call("sendToAll", Method::POST, self.hub_path("/:send"));
         self.send(c, data, opts, true).await
     }
 
-    pub async fn send_to_group(&self, group: &str, data: &EventData, opts: &SendOptions) -> Result<(), ServiceError> {
-        let c = self.call("sendToGroup", Method::POST, self.hub_path(&format!("/groups/{}/:send", enc(group))));
+    pub async fn send_to_group(
+        &self,
+        group: &str,
+        data: &EventData,
+        opts: &SendOptions,
+    ) -> Result<(), ServiceError> {
+        let c = self.call(
+            "sendToGroup",
+            Method::POST,
+            self.hub_path(&format!("/groups/{}/:send", enc(group))),
+        );
         self.send(c, data, opts, true).await
     }
 
-    pub async fn send_to_user(&self, user: &str, data: &EventData, opts: &SendOptions) -> Result<(), ServiceError> {
-        let c = self.call("sendToUser", Method::POST, self.hub_path(&format!("/users/{}/:send", enc(user))));
+    pub async fn send_to_user(
+        &self,
+        user: &str,
+        data: &EventData,
+        opts: &SendOptions,
+    ) -> Result<(), ServiceError> {
+        let c = self.call(
+            "sendToUser",
+            Method::POST,
+            self.hub_path(&format!("/users/{}/:send", enc(user))),
+        );
         self.send(c, data, opts, false).await
     }
 
-    pub async fn send_to_connection(&self, connection: &str, data: &EventData, opts: &SendOptions) -> Result<(), ServiceError> {
-        let c = self.call("sendToConnection", Method::POST, self.hub_path(&format!("/connections/{}/:send", enc(connection))));
+    pub async fn send_to_connection(
+        &self,
+        connection: &str,
+        data: &EventData,
+        opts: &SendOptions,
+    ) -> Result<(), ServiceError> {
+        let c = self.call(
+            "sendToConnection",
+            Method::POST,
+            self.hub_path(&format!("/connections/{}/:send", enc(connection))),
+        );
         self.send(c, data, opts, false).await
     }
 
-    async fn send(&self, mut c: Call, data: &EventData, opts: &SendOptions, multi: bool) -> Result<(), ServiceError> {
+    async fn send(
+        &self,
+        mut c: Call,
+        data: &EventData,
+        opts: &SendOptions,
+        multi: bool,
+    ) -> Result<(), ServiceError> {
         if multi {
             for e in &opts.excluded {
                 c.query.push(("excluded", e.clone()));
@@ -173,81 +229,176 @@ impl ServiceClient {
         }
         c.body = Some(match data {
             EventData::Text(s) => ("text/plain", Bytes::copy_from_slice(s.as_bytes())),
-            EventData::Json(v) => ("application/json", serde_json::to_vec(v).expect("json serialises").into()),
+            EventData::Json(v) => (
+                "application/json",
+                serde_json::to_vec(v).expect("json serialises").into(),
+            ),
             EventData::Binary(b) => ("application/octet-stream", b.clone()),
         });
         self.execute(c).await.map(drop)
     }
 
-    pub async fn add_connection_to_group(&self, group: &str, connection: &str) -> Result<(), ServiceError> {
-        let p = self.hub_path(&format!("/groups/{}/connections/{}", enc(group), enc(connection)));
-        self.execute(self.call("addConnectionToGroup", Method::PUT, p)).await.map(drop)
+    pub async fn add_connection_to_group(
+        &self,
+        group: &str,
+        connection: &str,
+    ) -> Result<(), ServiceError> {
+        let p = self.hub_path(&format!(
+            "/groups/{}/connections/{}",
+            enc(group),
+            enc(connection)
+        ));
+        self.execute(self.call("addConnectionToGroup", Method::PUT, p))
+            .await
+            .map(drop)
     }
 
-    pub async fn remove_connection_from_group(&self, group: &str, connection: &str) -> Result<(), ServiceError> {
-        let p = self.hub_path(&format!("/groups/{}/connections/{}", enc(group), enc(connection)));
-        self.execute(self.call("removeConnectionFromGroup", Method::DELETE, p)).await.map(drop)
+    pub async fn remove_connection_from_group(
+        &self,
+        group: &str,
+        connection: &str,
+    ) -> Result<(), ServiceError> {
+        let p = self.hub_path(&format!(
+            "/groups/{}/connections/{}",
+            enc(group),
+            enc(connection)
+        ));
+        self.execute(self.call("removeConnectionFromGroup", Method::DELETE, p))
+            .await
+            .map(drop)
     }
 
-    pub async fn remove_connection_from_all_groups(&self, connection: &str) -> Result<(), ServiceError> {
+    pub async fn remove_connection_from_all_groups(
+        &self,
+        connection: &str,
+    ) -> Result<(), ServiceError> {
         let p = self.hub_path(&format!("/connections/{}/groups", enc(connection)));
-        self.execute(self.call("removeConnectionFromAllGroups", Method::DELETE, p)).await.map(drop)
+        self.execute(self.call("removeConnectionFromAllGroups", Method::DELETE, p))
+            .await
+            .map(drop)
     }
 
     pub async fn add_user_to_group(&self, group: &str, user: &str) -> Result<(), ServiceError> {
         let p = self.hub_path(&format!("/users/{}/groups/{}", enc(user), enc(group)));
-        self.execute(self.call("addUserToGroup", Method::PUT, p)).await.map(drop)
+        self.execute(self.call("addUserToGroup", Method::PUT, p))
+            .await
+            .map(drop)
     }
 
-    pub async fn remove_user_from_group(&self, group: &str, user: &str) -> Result<(), ServiceError> {
+    pub async fn remove_user_from_group(
+        &self,
+        group: &str,
+        user: &str,
+    ) -> Result<(), ServiceError> {
         let p = self.hub_path(&format!("/users/{}/groups/{}", enc(user), enc(group)));
-        self.execute(self.call("removeUserFromGroup", Method::DELETE, p)).await.map(drop)
+        self.execute(self.call("removeUserFromGroup", Method::DELETE, p))
+            .await
+            .map(drop)
     }
 
     pub async fn remove_user_from_all_groups(&self, user: &str) -> Result<(), ServiceError> {
         let p = self.hub_path(&format!("/users/{}/groups", enc(user)));
-        self.execute(self.call("removeUserFromAllGroups", Method::DELETE, p)).await.map(drop)
+        self.execute(self.call("removeUserFromAllGroups", Method::DELETE, p))
+            .await
+            .map(drop)
     }
 
     /// Adds the connections matching an OData `filter` to `groups`.
-    pub async fn add_connections_to_groups(&self, groups: &[String], filter: &str) -> Result<(), ServiceError> {
-        self.groups_by_filter("addConnectionsToGroups", "/:addToGroups", groups, filter).await
+    pub async fn add_connections_to_groups(
+        &self,
+        groups: &[String],
+        filter: &str,
+    ) -> Result<(), ServiceError> {
+        self.groups_by_filter("addConnectionsToGroups", "/:addToGroups", groups, filter)
+            .await
     }
 
-    pub async fn remove_connections_from_groups(&self, groups: &[String], filter: &str) -> Result<(), ServiceError> {
-        self.groups_by_filter("removeConnectionsFromGroups", "/:removeFromGroups", groups, filter).await
+    pub async fn remove_connections_from_groups(
+        &self,
+        groups: &[String],
+        filter: &str,
+    ) -> Result<(), ServiceError> {
+        self.groups_by_filter(
+            "removeConnectionsFromGroups",
+            "/:removeFromGroups",
+            groups,
+            filter,
+        )
+        .await
     }
 
-    async fn groups_by_filter(&self, op: &'static str, rest: &str, groups: &[String], filter: &str) -> Result<(), ServiceError> {
+    async fn groups_by_filter(
+        &self,
+        op: &'static str,
+        rest: &str,
+        groups: &[String],
+        filter: &str,
+    ) -> Result<(), ServiceError> {
         let mut c = self.call(op, Method::POST, self.hub_path(rest));
         let body = serde_json::json!({ "groups": groups, "filter": filter });
         c.body = Some(("application/json", body.to_string().into()));
         self.execute(c).await.map(drop)
     }
 
-    pub async fn close_connection(&self, connection: &str, reason: Option<&str>) -> Result<(), ServiceError> {
-        let mut c = self.call("closeConnection", Method::DELETE, self.hub_path(&format!("/connections/{}", enc(connection))));
+    pub async fn close_connection(
+        &self,
+        connection: &str,
+        reason: Option<&str>,
+    ) -> Result<(), ServiceError> {
+        let mut c = self.call(
+            "closeConnection",
+            Method::DELETE,
+            self.hub_path(&format!("/connections/{}", enc(connection))),
+        );
         if let Some(r) = reason {
             c.query.push(("reason", r.to_string()));
         }
         self.execute(c).await.map(drop)
     }
 
-    pub async fn close_all_connections(&self, excluded: &[String], reason: Option<&str>) -> Result<(), ServiceError> {
-        self.close_many("closeAllConnections", self.hub_path("/:closeConnections"), excluded, reason).await
+    pub async fn close_all_connections(
+        &self,
+        excluded: &[String],
+        reason: Option<&str>,
+    ) -> Result<(), ServiceError> {
+        self.close_many(
+            "closeAllConnections",
+            self.hub_path("/:closeConnections"),
+            excluded,
+            reason,
+        )
+        .await
     }
 
-    pub async fn close_group_connections(&self, group: &str, excluded: &[String], reason: Option<&str>) -> Result<(), ServiceError> {
+    pub async fn close_group_connections(
+        &self,
+        group: &str,
+        excluded: &[String],
+        reason: Option<&str>,
+    ) -> Result<(), ServiceError> {
         let p = self.hub_path(&format!("/groups/{}/:closeConnections", enc(group)));
-        self.close_many("closeGroupConnections", p, excluded, reason).await
+        self.close_many("closeGroupConnections", p, excluded, reason)
+            .await
     }
 
-    pub async fn close_user_connections(&self, user: &str, excluded: &[String], reason: Option<&str>) -> Result<(), ServiceError> {
+    pub async fn close_user_connections(
+        &self,
+        user: &str,
+        excluded: &[String],
+        reason: Option<&str>,
+    ) -> Result<(), ServiceError> {
         let p = self.hub_path(&format!("/users/{}/:closeConnections", enc(user)));
-        self.close_many("closeUserConnections", p, excluded, reason).await
+        self.close_many("closeUserConnections", p, excluded, reason)
+            .await
     }
 
-    async fn close_many(&self, op: &'static str, path: String, excluded: &[String], reason: Option<&str>) -> Result<(), ServiceError> {
+    async fn close_many(
+        &self,
+        op: &'static str,
+        path: String,
+        excluded: &[String],
+        reason: Option<&str>,
+    ) -> Result<(), ServiceError> {
         let mut c = self.call(op, Method::POST, path);
         for e in excluded {
             c.query.push(("excluded", e.clone()));
@@ -259,35 +410,82 @@ impl ServiceClient {
     }
 
     pub async fn connection_exists(&self, connection: &str) -> Result<bool, ServiceError> {
-        self.exists("connectionExists", self.hub_path(&format!("/connections/{}", enc(connection))), vec![]).await
+        self.exists(
+            "connectionExists",
+            self.hub_path(&format!("/connections/{}", enc(connection))),
+            vec![],
+        )
+        .await
     }
 
     pub async fn group_exists(&self, group: &str) -> Result<bool, ServiceError> {
-        self.exists("groupExists", self.hub_path(&format!("/groups/{}", enc(group))), vec![]).await
+        self.exists(
+            "groupExists",
+            self.hub_path(&format!("/groups/{}", enc(group))),
+            vec![],
+        )
+        .await
     }
 
     pub async fn user_exists(&self, user: &str) -> Result<bool, ServiceError> {
-        self.exists("userExists", self.hub_path(&format!("/users/{}", enc(user))), vec![]).await
+        self.exists(
+            "userExists",
+            self.hub_path(&format!("/users/{}", enc(user))),
+            vec![],
+        )
+        .await
     }
 
-    pub async fn grant_permission(&self, p: Permission, connection: &str, target: Option<&str>) -> Result<(), ServiceError> {
-        let mut c = self.call("grantPermission", Method::PUT, self.permission_path(p, connection));
+    pub async fn grant_permission(
+        &self,
+        p: Permission,
+        connection: &str,
+        target: Option<&str>,
+    ) -> Result<(), ServiceError> {
+        let mut c = self.call(
+            "grantPermission",
+            Method::PUT,
+            self.permission_path(p, connection),
+        );
         c.query = target_query(target);
         self.execute(c).await.map(drop)
     }
 
-    pub async fn revoke_permission(&self, p: Permission, connection: &str, target: Option<&str>) -> Result<(), ServiceError> {
-        let mut c = self.call("revokePermission", Method::DELETE, self.permission_path(p, connection));
+    pub async fn revoke_permission(
+        &self,
+        p: Permission,
+        connection: &str,
+        target: Option<&str>,
+    ) -> Result<(), ServiceError> {
+        let mut c = self.call(
+            "revokePermission",
+            Method::DELETE,
+            self.permission_path(p, connection),
+        );
         c.query = target_query(target);
         self.execute(c).await.map(drop)
     }
 
-    pub async fn check_permission(&self, p: Permission, connection: &str, target: Option<&str>) -> Result<bool, ServiceError> {
-        self.exists("checkPermission", self.permission_path(p, connection), target_query(target)).await
+    pub async fn check_permission(
+        &self,
+        p: Permission,
+        connection: &str,
+        target: Option<&str>,
+    ) -> Result<bool, ServiceError> {
+        self.exists(
+            "checkPermission",
+            self.permission_path(p, connection),
+            target_query(target),
+        )
+        .await
     }
 
     fn permission_path(&self, p: Permission, connection: &str) -> String {
-        self.hub_path(&format!("/permissions/{}/connections/{}", p.as_str(), enc(connection)))
+        self.hub_path(&format!(
+            "/permissions/{}/connections/{}",
+            p.as_str(),
+            enc(connection)
+        ))
     }
 
     /// `HEAD /api/health`: true when the service answers 200.
@@ -297,8 +495,15 @@ impl ServiceClient {
     }
 
     /// `:generateToken` — a client token minted by the service itself.
-    pub async fn generate_token(&self, opts: &GenerateTokenOptions) -> Result<String, ServiceError> {
-        let mut c = self.call("generateToken", Method::POST, self.hub_path("/:generateToken"));
+    pub async fn generate_token(
+        &self,
+        opts: &GenerateTokenOptions,
+    ) -> Result<String, ServiceError> {
+        let mut c = self.call(
+            "generateToken",
+            Method::POST,
+            self.hub_path("/:generateToken"),
+        );
         if let Some(u) = &opts.user_id {
             c.query.push(("userId", u.clone()));
         }
@@ -318,11 +523,17 @@ impl ServiceClient {
         }
         serde_json::from_slice::<T>(&body)
             .map(|t| t.token)
-            .map_err(|e| ServiceError::InvalidResponse { op: "generateToken", reason: e.to_string() })
+            .map_err(|e| ServiceError::InvalidResponse {
+                op: "generateToken",
+                reason: e.to_string(),
+            })
     }
 
     /// All pages of the connections in `group`.
-    pub async fn list_connections_in_group(&self, group: &str) -> Result<Vec<GroupMember>, ServiceError> {
+    pub async fn list_connections_in_group(
+        &self,
+        group: &str,
+    ) -> Result<Vec<GroupMember>, ServiceError> {
         #[derive(Deserialize)]
         struct Page {
             #[serde(default)]
@@ -331,23 +542,48 @@ impl ServiceClient {
             next_link: Option<String>,
         }
         let mut out = Vec::new();
-        let mut c = self.call("listConnectionsInGroup", Method::GET, self.hub_path(&format!("/groups/{}/connections", enc(group))));
+        let mut c = self.call(
+            "listConnectionsInGroup",
+            Method::GET,
+            self.hub_path(&format!("/groups/{}/connections", enc(group))),
+        );
         loop {
             let (_, body) = self.execute(c).await?;
-            let page: Page = serde_json::from_slice(&body)
-                .map_err(|e| ServiceError::InvalidResponse { op: "listConnectionsInGroup", reason: e.to_string() })?;
+            let page: Page =
+                serde_json::from_slice(&body).map_err(|e| ServiceError::InvalidResponse {
+                    op: "listConnectionsInGroup",
+                    reason: e.to_string(),
+                })?;
             out.extend(page.value);
-            let Some(next) = page.next_link.filter(|n| !n.is_empty()) else { return Ok(out) };
+            let Some(next) = page.next_link.filter(|n| !n.is_empty()) else {
+                return Ok(out);
+            };
             let token = url::Url::parse(&next)
                 .ok()
-                .and_then(|u| u.query_pairs().find(|(k, _)| k == "continuationToken").map(|(_, v)| v.into_owned()))
-                .ok_or_else(|| ServiceError::InvalidResponse { op: "listConnectionsInGroup", reason: "nextLink without continuationToken".into() })?;
-            c = self.call("listConnectionsInGroup", Method::GET, self.hub_path(&format!("/groups/{}/connections", enc(group))));
+                .and_then(|u| {
+                    u.query_pairs()
+                        .find(|(k, _)| k == "continuationToken")
+                        .map(|(_, v)| v.into_owned())
+                })
+                .ok_or_else(|| ServiceError::InvalidResponse {
+                    op: "listConnectionsInGroup",
+                    reason: "nextLink without continuationToken".into(),
+                })?;
+            c = self.call(
+                "listConnectionsInGroup",
+                Method::GET,
+                self.hub_path(&format!("/groups/{}/connections", enc(group))),
+            );
             c.query.push(("continuationToken", token));
         }
     }
 
-    async fn exists(&self, op: &'static str, path: String, query: Vec<(&'static str, String)>) -> Result<bool, ServiceError> {
+    async fn exists(
+        &self,
+        op: &'static str,
+        path: String,
+        query: Vec<(&'static str, String)>,
+    ) -> Result<bool, ServiceError> {
         let mut c = self.call(op, Method::HEAD, path);
         c.query = query;
         match self.execute(c).await {
@@ -376,7 +612,11 @@ impl ServiceClient {
                 .http
                 .request(c.method.clone(), &url)
                 .bearer_auth(rest_token(&self.key, &url, unix_now()))
-                .timeout(self.retry.attempt_timeout.min(remaining.max(Duration::from_millis(1))));
+                .timeout(
+                    self.retry
+                        .attempt_timeout
+                        .min(remaining.max(Duration::from_millis(1))),
+                );
             if let Some((ct, body)) = &c.body {
                 req = req.header(header::CONTENT_TYPE, *ct).body(body.clone());
             }
@@ -396,12 +636,27 @@ impl ServiceClient {
                     if let Some(ra) = retry_after {
                         backoff = backoff.max(ra);
                     }
-                    let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
-                    let text = String::from_utf8_lossy(&body[..body.len().min(300)]).replace(['\r', '\n'], " ");
-                    (retryable, ServiceError::Status { op: c.op, status: status.as_u16(), body: text })
+                    let retryable =
+                        status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+                    let text = String::from_utf8_lossy(&body[..body.len().min(300)])
+                        .replace(['\r', '\n'], " ");
+                    (
+                        retryable,
+                        ServiceError::Status {
+                            op: c.op,
+                            status: status.as_u16(),
+                            body: text,
+                        },
+                    )
                 }
                 Err(e) if e.is_timeout() => (true, ServiceError::Timeout { op: c.op }),
-                Err(e) => (true, ServiceError::Network { op: c.op, reason: network_reason(&e) }),
+                Err(e) => (
+                    true,
+                    ServiceError::Network {
+                        op: c.op,
+                        reason: network_reason(&e),
+                    },
+                ),
             };
             let out_of_time = started.elapsed() + backoff >= self.retry.deadline;
             if !retryable || attempt >= self.retry.max_attempts || out_of_time {
@@ -415,7 +670,9 @@ impl ServiceClient {
 }
 
 fn target_query(target: Option<&str>) -> Vec<(&'static str, String)> {
-    target.map(|t| vec![("targetName", t.to_string())]).unwrap_or_default()
+    target
+        .map(|t| vec![("targetName", t.to_string())])
+        .unwrap_or_default()
 }
 
 /// The innermost cause of a reqwest error, without the URL (which is harmless, but long).

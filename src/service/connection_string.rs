@@ -41,15 +41,30 @@ pub struct ConnectionString {
 
 impl fmt::Debug for ConnectionString {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ConnectionString(Endpoint={};AccessKey=<redacted>)", self.origin())
+        write!(
+            f,
+            "ConnectionString(Endpoint={};AccessKey=<redacted>)",
+            self.origin()
+        )
     }
 }
 
 impl ConnectionString {
-    pub fn new(endpoint: &str, access_key: AccessKey, port: Option<u16>) -> Result<Self, ServiceError> {
-        let invalid = |why: &str| ServiceError::ConnectionString(format!("invalid Endpoint {endpoint:?}: {why}"));
-        let with_scheme = if endpoint.contains("://") { endpoint.to_string() } else { format!("https://{endpoint}") };
-        let mut url = Url::parse(with_scheme.trim_end_matches('/')).map_err(|e| invalid(&e.to_string()))?;
+    pub fn new(
+        endpoint: &str,
+        access_key: AccessKey,
+        port: Option<u16>,
+    ) -> Result<Self, ServiceError> {
+        let invalid = |why: &str| {
+            ServiceError::ConnectionString(format!("invalid Endpoint {endpoint:?}: {why}"))
+        };
+        let with_scheme = if endpoint.contains("://") {
+            endpoint.to_string()
+        } else {
+            format!("https://{endpoint}")
+        };
+        let mut url =
+            Url::parse(with_scheme.trim_end_matches('/')).map_err(|e| invalid(&e.to_string()))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(invalid("scheme must be http or https"));
         }
@@ -57,7 +72,8 @@ impl ConnectionString {
             return Err(invalid("no host"));
         }
         if port.is_some() {
-            url.set_port(port).map_err(|_| invalid("cannot carry a port"))?;
+            url.set_port(port)
+                .map_err(|_| invalid("cannot carry a port"))?;
         }
         url.set_path("");
         url.set_query(None);
@@ -65,7 +81,10 @@ impl ConnectionString {
         if access_key.expose().is_empty() {
             return Err(ServiceError::ConnectionString("AccessKey is empty".into()));
         }
-        Ok(ConnectionString { endpoint: url, access_key })
+        Ok(ConnectionString {
+            endpoint: url,
+            access_key,
+        })
     }
 
     /// Keys are case-insensitive and order-free; values split on the first `=` (keys end in `=`);
@@ -91,8 +110,11 @@ impl ConnectionString {
                 _ => {}
             }
         }
-        let endpoint = endpoint.ok_or_else(|| ServiceError::ConnectionString("no Endpoint".into()))?;
-        let key = key.ok_or_else(|| ServiceError::ConnectionString("no AccessKey (identity auth is not supported)".into()))?;
+        let endpoint =
+            endpoint.ok_or_else(|| ServiceError::ConnectionString("no Endpoint".into()))?;
+        let key = key.ok_or_else(|| {
+            ServiceError::ConnectionString("no AccessKey (identity auth is not supported)".into())
+        })?;
         ConnectionString::new(&endpoint, AccessKey::new(key), port)
     }
 
@@ -139,29 +161,57 @@ mod tests {
 
     #[test]
     fn parses_the_reference_forms() {
-        let c = ConnectionString::parse(&format!("Endpoint=https://contoso.webpubsub.azure.com;AccessKey={KEY};Version=1.0;")).unwrap();
+        let c = ConnectionString::parse(&format!(
+            "Endpoint=https://contoso.webpubsub.azure.com;AccessKey={KEY};Version=1.0;"
+        ))
+        .unwrap();
         assert_eq!(c.origin(), "https://contoso.webpubsub.azure.com");
         assert_eq!(c.access_key.expose(), KEY);
-        assert_eq!(c.client_base_url("chat"), "wss://contoso.webpubsub.azure.com/client/hubs/chat");
-        assert_eq!(c.client_audience("chat"), "https://contoso.webpubsub.azure.com/client/hubs/chat");
+        assert_eq!(
+            c.client_base_url("chat"),
+            "wss://contoso.webpubsub.azure.com/client/hubs/chat"
+        );
+        assert_eq!(
+            c.client_audience("chat"),
+            "https://contoso.webpubsub.azure.com/client/hubs/chat"
+        );
         assert!(!c.is_loopback());
 
-        let c = ConnectionString::parse(&format!("Endpoint=http://localhost;Port=8080;AccessKey={KEY}")).unwrap();
+        let c = ConnectionString::parse(&format!(
+            "Endpoint=http://localhost;Port=8080;AccessKey={KEY}"
+        ))
+        .unwrap();
         assert_eq!(c.origin(), "http://localhost:8080");
-        assert_eq!(c.client_base_url("chat"), "ws://localhost:8080/client/hubs/chat");
-        assert_eq!(c.client_audience("chat"), "http://localhost:8080/client/hubs/chat");
+        assert_eq!(
+            c.client_base_url("chat"),
+            "ws://localhost:8080/client/hubs/chat"
+        );
+        assert_eq!(
+            c.client_audience("chat"),
+            "http://localhost:8080/client/hubs/chat"
+        );
         assert!(c.is_loopback());
 
-        let c = ConnectionString::parse(&format!("Endpoint=https://contoso.webpubsub.azure.com/;Port=443;AccessKey={KEY}")).unwrap();
+        let c = ConnectionString::parse(&format!(
+            "Endpoint=https://contoso.webpubsub.azure.com/;Port=443;AccessKey={KEY}"
+        ))
+        .unwrap();
         assert_eq!(c.origin(), "https://contoso.webpubsub.azure.com");
     }
 
     #[test]
     fn keys_are_case_insensitive_order_free_and_values_keep_equals() {
-        let c = ConnectionString::parse("accesskey=abc==;VERSION=1.0;ClientId=x;endpoint=contoso.example").unwrap();
+        let c = ConnectionString::parse(
+            "accesskey=abc==;VERSION=1.0;ClientId=x;endpoint=contoso.example",
+        )
+        .unwrap();
         assert_eq!(c.access_key.expose(), "abc==");
         assert_eq!(c.origin(), "https://contoso.example");
-        assert!(ConnectionString::parse("Endpoint=http://127.0.0.1:9;AccessKey=k").unwrap().is_loopback());
+        assert!(
+            ConnectionString::parse("Endpoint=http://127.0.0.1:9;AccessKey=k")
+                .unwrap()
+                .is_loopback()
+        );
     }
 
     #[test]
@@ -169,12 +219,20 @@ mod tests {
         let err = |s: &str| ConnectionString::parse(s).unwrap_err().to_string();
         assert!(err(&format!("AccessKey={KEY}")).contains("no Endpoint"));
         assert!(err("Endpoint=https://x").contains("no AccessKey"));
-        assert!(err(&format!("Endpoint=https://x;AccessKey={KEY};Port=http")).contains("invalid Port value"));
-        assert!(err(&format!("Endpoint=https://x;AccessKey={KEY};Port=0")).contains("invalid Port value"));
+        assert!(
+            err(&format!("Endpoint=https://x;AccessKey={KEY};Port=http"))
+                .contains("invalid Port value")
+        );
+        assert!(err(&format!("Endpoint=https://x;AccessKey={KEY};Port=0"))
+            .contains("invalid Port value"));
         assert!(err(&format!("Endpoint=ftp://x;AccessKey={KEY}")).contains("scheme"));
         assert!(err(&format!("Endpoint=https://x;{KEY}")).contains("not Key=Value"));
         assert!(err("Endpoint=https://x;AccessKey=").contains("empty"));
-        for s in [format!("AccessKey={KEY}"), format!("Endpoint=ftp://x;AccessKey={KEY}"), format!("Endpoint=https://x;{KEY}x=")] {
+        for s in [
+            format!("AccessKey={KEY}"),
+            format!("Endpoint=ftp://x;AccessKey={KEY}"),
+            format!("Endpoint=https://x;{KEY}x="),
+        ] {
             assert!(!err(&s).contains(KEY), "{}", err(&s));
         }
         let c = ConnectionString::parse(&format!("Endpoint=https://x;AccessKey={KEY}")).unwrap();

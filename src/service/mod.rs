@@ -7,14 +7,20 @@ mod token;
 
 pub use client::*;
 pub use connection_string::{AccessKey, ConnectionString};
-pub use token::{client_access, client_token, rest_token, sign_jwt, unix_now, ClientAccess, ClientTokenOptions};
+pub use token::{
+    client_access, client_token, rest_token, sign_jwt, unix_now, ClientAccess, ClientTokenOptions,
+};
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum ServiceError {
     #[error("connection string: {0}")]
     ConnectionString(String),
     #[error("{op}: service answered {status}: {body}")]
-    Status { op: &'static str, status: u16, body: String },
+    Status {
+        op: &'static str,
+        status: u16,
+        body: String,
+    },
     #[error("{op}: network error: {reason}")]
     Network { op: &'static str, reason: String },
     #[error("{op}: timed out")]

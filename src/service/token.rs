@@ -19,13 +19,17 @@ use super::{AccessKey, ConnectionString};
 const HEADER_B64: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"; // {"alg":"HS256","typ":"JWT"}
 
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Signs `claims` (serialised in field order) with the access key string's bytes.
 pub fn sign_jwt<T: Serialize>(key: &AccessKey, claims: &T) -> String {
     let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims serialise"));
-    let mut mac = Hmac::<Sha256>::new_from_slice(key.expose().as_bytes()).expect("hmac takes any key length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(key.expose().as_bytes()).expect("hmac takes any key length");
     mac.update(HEADER_B64.as_bytes());
     mac.update(b".");
     mac.update(payload.as_bytes());
@@ -41,7 +45,14 @@ pub fn rest_token(key: &AccessKey, url: &str, iat: u64) -> String {
         exp: u64,
         aud: &'a str,
     }
-    sign_jwt(key, &Claims { iat, exp: iat + 3600, aud: url })
+    sign_jwt(
+        key,
+        &Claims {
+            iat,
+            exp: iat + 3600,
+            aud: url,
+        },
+    )
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -55,7 +66,12 @@ pub struct ClientTokenOptions {
 
 /// A client access token, claims in the SDK's order (`role`, `webpubsub.group`, `iat`, `exp`,
 /// `aud`, `sub`); empty `role`/`webpubsub.group` and a missing user are omitted.
-pub fn client_token(cs: &ConnectionString, hub: &str, opts: &ClientTokenOptions, iat: u64) -> String {
+pub fn client_token(
+    cs: &ConnectionString,
+    hub: &str,
+    opts: &ClientTokenOptions,
+    iat: u64,
+) -> String {
     let mut claims = Map::new();
     if !opts.roles.is_empty() {
         claims.insert("role".into(), Value::from(opts.roles.clone()));
@@ -63,7 +79,10 @@ pub fn client_token(cs: &ConnectionString, hub: &str, opts: &ClientTokenOptions,
     if !opts.groups.is_empty() {
         claims.insert("webpubsub.group".into(), Value::from(opts.groups.clone()));
     }
-    let ttl = opts.expires_in.unwrap_or(Duration::from_secs(3600)).as_secs();
+    let ttl = opts
+        .expires_in
+        .unwrap_or(Duration::from_secs(3600))
+        .as_secs();
     claims.insert("iat".into(), iat.into());
     claims.insert("exp".into(), (iat + ttl).into());
     claims.insert("aud".into(), cs.client_audience(hub).into());
@@ -85,7 +104,11 @@ pub struct ClientAccess {
 pub fn client_access(cs: &ConnectionString, hub: &str, opts: &ClientTokenOptions) -> ClientAccess {
     let token = client_token(cs, hub, opts, unix_now());
     let base_url = cs.client_base_url(hub);
-    ClientAccess { url: format!("{base_url}?access_token={token}"), base_url, token }
+    ClientAccess {
+        url: format!("{base_url}?access_token={token}"),
+        base_url,
+        token,
+    }
 }
 
 #[cfg(test)]
@@ -106,26 +129,46 @@ mod tests {
 
     #[test]
     fn client_token_matches_the_reference_byte_for_byte() {
-        let cs = ConnectionString::parse(&format!("Endpoint=https://contoso.webpubsub.azure.com;AccessKey={KEY};Version=1.0;")).unwrap();
+        let cs = ConnectionString::parse(&format!(
+            "Endpoint=https://contoso.webpubsub.azure.com;AccessKey={KEY};Version=1.0;"
+        ))
+        .unwrap();
         let opts = ClientTokenOptions {
             user_id: Some("alice".into()),
-            roles: vec!["webpubsub.joinLeaveGroup.lobby".into(), "webpubsub.sendToGroup.lobby".into()],
+            roles: vec![
+                "webpubsub.joinLeaveGroup.lobby".into(),
+                "webpubsub.sendToGroup.lobby".into(),
+            ],
             groups: vec!["lobby".into()],
             expires_in: None,
         };
         assert_eq!(client_token(&cs, "chat", &opts, 1_700_000_000), "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJyb2xlIjpbIndlYnB1YnN1Yi5qb2luTGVhdmVHcm91cC5sb2JieSIsIndlYnB1YnN1Yi5zZW5kVG9Hcm91cC5sb2JieSJdLCJ3ZWJwdWJzdWIuZ3JvdXAiOlsibG9iYnkiXSwiaWF0IjoxNzAwMDAwMDAwLCJleHAiOjE3MDAwMDM2MDAsImF1ZCI6Imh0dHBzOi8vY29udG9zby53ZWJwdWJzdWIuYXp1cmUuY29tL2NsaWVudC9odWJzL2NoYXQiLCJzdWIiOiJhbGljZSJ9.q9Wbm4Z96L11zrbD_DjyTNa5wkxIQWoYsisWBxF_v_Q");
         let access = client_access(&cs, "chat", &opts);
-        assert_eq!(access.base_url, "wss://contoso.webpubsub.azure.com/client/hubs/chat");
-        assert_eq!(access.url, format!("{}?access_token={}", access.base_url, access.token));
+        assert_eq!(
+            access.base_url,
+            "wss://contoso.webpubsub.azure.com/client/hubs/chat"
+        );
+        assert_eq!(
+            access.url,
+            format!("{}?access_token={}", access.base_url, access.token)
+        );
     }
 
     #[test]
     fn tokens_verify_with_jsonwebtoken() {
-        let cs = ConnectionString::parse(&format!("Endpoint=http://localhost;Port=8080;AccessKey={KEY}")).unwrap();
+        let cs = ConnectionString::parse(&format!(
+            "Endpoint=http://localhost;Port=8080;AccessKey={KEY}"
+        ))
+        .unwrap();
         let t = client_token(&cs, "chat", &ClientTokenOptions::default(), unix_now());
         let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
         v.set_audience(&["http://localhost:8080/client/hubs/chat"]);
-        let data = jsonwebtoken::decode::<Value>(&t, &jsonwebtoken::DecodingKey::from_secret(KEY.as_bytes()), &v).unwrap();
+        let data = jsonwebtoken::decode::<Value>(
+            &t,
+            &jsonwebtoken::DecodingKey::from_secret(KEY.as_bytes()),
+            &v,
+        )
+        .unwrap();
         assert!(data.claims.get("sub").is_none() && data.claims.get("role").is_none());
     }
 }

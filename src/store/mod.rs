@@ -101,7 +101,12 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn claim_delivery(&self, connection_id: &str, ce_id: &str) -> Result<bool, StoreError>;
 
     /// Newest first; `before` is a cursor from a previous page.
-    async fn history(&self, room: &str, limit: usize, before: Option<&str>) -> Result<Page, StoreError>;
+    async fn history(
+        &self,
+        room: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<Page, StoreError>;
 
     async fn health(&self) -> Result<(), StoreError>;
 
@@ -116,16 +121,25 @@ pub fn encode_cursor(id: &str) -> String {
 }
 
 pub fn decode_cursor(c: &str) -> Result<String, StoreError> {
-    let bytes = URL_SAFE_NO_PAD.decode(c).map_err(|_| StoreError::BadCursor)?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(c)
+        .map_err(|_| StoreError::BadCursor)?;
     let id = String::from_utf8(bytes).map_err(|_| StoreError::BadCursor)?;
-    let valid = id.len() == 30 && id.as_bytes()[13] == b'-' && id.bytes().enumerate().all(|(i, b)| i == 13 || b.is_ascii_hexdigit());
+    let valid = id.len() == 30
+        && id.as_bytes()[13] == b'-'
+        && id
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| i == 13 || b.is_ascii_hexdigit());
     valid.then_some(id).ok_or(StoreError::BadCursor)
 }
 
 pub fn format_ms(ms: i64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let f = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    let f = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
     t.format(&f).unwrap_or_default()
 }
 
@@ -147,12 +161,23 @@ mod tests {
         };
         assert_eq!(m.id(), m.clone().id());
         assert!(m.id().starts_with("1700000000123-"));
-        let later = NewMessage { at_ms: m.at_ms + 1, ..m.clone() };
+        let later = NewMessage {
+            at_ms: m.at_ms + 1,
+            ..m.clone()
+        };
         assert!(later.id() > m.id());
-        let other = NewMessage { ce_id: "2".into(), ..m.clone() };
+        let other = NewMessage {
+            ce_id: "2".into(),
+            ..m.clone()
+        };
         assert_ne!(other.id(), m.id());
         assert_eq!(decode_cursor(&encode_cursor(&m.id())).unwrap(), m.id());
-        for bad in ["", "!!", "aGVsbG8", &encode_cursor("1700000000123-zzzzzzzzzzzzzzzz")] {
+        for bad in [
+            "",
+            "!!",
+            "aGVsbG8",
+            &encode_cursor("1700000000123-zzzzzzzzzzzzzzzz"),
+        ] {
             assert_eq!(decode_cursor(bad), Err(StoreError::BadCursor), "{bad}");
         }
         assert_eq!(format_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");

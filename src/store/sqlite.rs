@@ -51,7 +51,10 @@ pub struct SqliteStore {
 fn failed(e: rusqlite::Error) -> StoreError {
     match e {
         rusqlite::Error::SqliteFailure(f, _)
-            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
         {
             StoreError::Unavailable(format!("sqlite: {e}"))
         }
@@ -60,10 +63,14 @@ fn failed(e: rusqlite::Error) -> StoreError {
 }
 
 fn open(path: &Path) -> Result<Connection, StoreError> {
-    let c = Connection::open(path).map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-    c.busy_timeout(std::time::Duration::from_secs(5)).map_err(failed)?;
-    c.pragma_update(None, "journal_mode", "WAL").map_err(failed)?;
-    c.pragma_update(None, "synchronous", "FULL").map_err(failed)?;
+    let c = Connection::open(path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    c.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(failed)?;
+    c.pragma_update(None, "journal_mode", "WAL")
+        .map_err(failed)?;
+    c.pragma_update(None, "synchronous", "FULL")
+        .map_err(failed)?;
     Ok(c)
 }
 
@@ -79,7 +86,11 @@ impl SqliteStore {
             .name("sqlite-writer".into())
             .spawn(move || writer_loop(writer_conn, rx))
             .map_err(|e| StoreError::Failed(format!("cannot start the writer thread: {e}")))?;
-        Ok(SqliteStore { path, writer: tx, readers: Arc::new(Mutex::new(readers)) })
+        Ok(SqliteStore {
+            path,
+            writer: tx,
+            readers: Arc::new(Mutex::new(readers)),
+        })
     }
 
     async fn read<T: Send + 'static>(
@@ -105,7 +116,9 @@ impl SqliteStore {
     }
 
     fn submit(&self, w: Write) -> Result<(), StoreError> {
-        self.writer.send(w).map_err(|_| StoreError::Unavailable("sqlite writer stopped".into()))
+        self.writer
+            .send(w)
+            .map_err(|_| StoreError::Unavailable("sqlite writer stopped".into()))
     }
 }
 
@@ -123,8 +136,14 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Write>) {
 }
 
 enum Pending {
-    Append(oneshot::Sender<Result<Appended, StoreError>>, Result<Appended, StoreError>),
-    Claim(oneshot::Sender<Result<bool, StoreError>>, Result<bool, StoreError>),
+    Append(
+        oneshot::Sender<Result<Appended, StoreError>>,
+        Result<Appended, StoreError>,
+    ),
+    Claim(
+        oneshot::Sender<Result<bool, StoreError>>,
+        Result<bool, StoreError>,
+    ),
 }
 
 /// One transaction for the whole batch. Answers go out only after COMMIT returned; if it fails,
@@ -176,10 +195,23 @@ fn insert_message(tx: &rusqlite::Transaction<'_>, m: &NewMessage) -> Result<Appe
             "INSERT INTO messages (room, id, connection_id, ce_id, user_id, text, at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
         )
-        .and_then(|mut s| s.execute(params![m.room, id, m.connection_id, m.ce_id, m.user_id, m.text, m.at_ms]))
+        .and_then(|mut s| {
+            s.execute(params![
+                m.room,
+                id,
+                m.connection_id,
+                m.ce_id,
+                m.user_id,
+                m.text,
+                m.at_ms
+            ])
+        })
         .map_err(failed)?;
     if n == 1 {
-        return Ok(Appended { message: StoredMessage::from_new(m), inserted: true });
+        return Ok(Appended {
+            message: StoredMessage::from_new(m),
+            inserted: true,
+        });
     }
     let existing = tx
         .prepare_cached(
@@ -188,8 +220,13 @@ fn insert_message(tx: &rusqlite::Transaction<'_>, m: &NewMessage) -> Result<Appe
         .and_then(|mut s| s.query_row(params![m.connection_id, m.ce_id], row_to_message).optional())
         .map_err(failed)?;
     existing
-        .map(|message| Appended { message, inserted: false })
-        .ok_or_else(|| StoreError::Failed(format!("message id {id} collides with another delivery")))
+        .map(|message| Appended {
+            message,
+            inserted: false,
+        })
+        .ok_or_else(|| {
+            StoreError::Failed(format!("message id {id} collides with another delivery"))
+        })
 }
 
 fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
@@ -212,16 +249,27 @@ impl MessageStore for SqliteStore {
     async fn append(&self, m: NewMessage) -> Result<Appended, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.submit(Write::Append(m, tx))?;
-        rx.await.map_err(|_| StoreError::Unavailable("sqlite writer stopped".into()))?
+        rx.await
+            .map_err(|_| StoreError::Unavailable("sqlite writer stopped".into()))?
     }
 
     async fn claim_delivery(&self, connection_id: &str, ce_id: &str) -> Result<bool, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.submit(Write::Claim(connection_id.to_string(), ce_id.to_string(), tx))?;
-        rx.await.map_err(|_| StoreError::Unavailable("sqlite writer stopped".into()))?
+        self.submit(Write::Claim(
+            connection_id.to_string(),
+            ce_id.to_string(),
+            tx,
+        ))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("sqlite writer stopped".into()))?
     }
 
-    async fn history(&self, room: &str, limit: usize, before: Option<&str>) -> Result<Page, StoreError> {
+    async fn history(
+        &self,
+        room: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<Page, StoreError> {
         let before = before.map(decode_cursor).transpose()?;
         let limit = limit.clamp(1, MAX_PAGE);
         let room = room.to_string();
@@ -249,7 +297,11 @@ impl MessageStore for SqliteStore {
     }
 
     async fn health(&self) -> Result<(), StoreError> {
-        self.read(|c| c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())).map_err(failed)).await
+        self.read(|c| {
+            c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
+                .map_err(failed)
+        })
+        .await
     }
 
     fn describe(&self) -> String {

@@ -12,7 +12,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::Router;
 use hubhook::config::{Config, Defaults, ServeArgs};
-use hubhook::protocol::{build_webhook, ConnectionState, Event, EventContext, EventData, UserEvent};
+use hubhook::protocol::{
+    build_webhook, ConnectionState, Event, EventContext, EventData, UserEvent,
+};
 use hubhook::runtime::Application;
 
 pub const KEY: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCDEFGH";
@@ -34,6 +36,8 @@ impl Captured {
     }
 }
 
+type Recorder = (Arc<Mutex<Vec<Captured>>>, Arc<AtomicU16>);
+
 /// A loopback stand-in for the REST API: records every call, answers `status` (202 by default).
 #[derive(Clone)]
 pub struct RestStandIn {
@@ -48,12 +52,17 @@ impl RestStandIn {
         let status = Arc::new(AtomicU16::new(202));
         let state = (calls.clone(), status.clone());
         let app = Router::new().fallback(
-            |State((calls, status)): State<(Arc<Mutex<Vec<Captured>>>, Arc<AtomicU16>)>,
+            |State((calls, status)): State<Recorder>,
              method: Method,
              uri: Uri,
              headers: HeaderMap,
              body: Bytes| async move {
-                let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(String::from);
+                let h = |n: &str| {
+                    headers
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .map(String::from)
+                };
                 calls.lock().unwrap().push(Captured {
                     method: method.to_string(),
                     path: uri.path().to_string(),
@@ -68,11 +77,18 @@ impl RestStandIn {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app.with_state(state)).await.unwrap() });
-        RestStandIn { addr, calls, status }
+        RestStandIn {
+            addr,
+            calls,
+            status,
+        }
     }
 
     pub fn connection_string(&self) -> String {
-        format!("Endpoint=http://127.0.0.1:{};AccessKey={KEY};Version=1.0;", self.addr.port())
+        format!(
+            "Endpoint=http://127.0.0.1:{};AccessKey={KEY};Version=1.0;",
+            self.addr.port()
+        )
     }
 
     pub fn calls(&self) -> Vec<Captured> {
@@ -113,10 +129,21 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut ServeArgs)) -> TestApp {
     let app = Application::build(&config).await.unwrap();
     let addr = app.local_addr();
     tokio::spawn(app.run());
-    TestApp { addr, rest, db, http: reqwest::Client::new(), _dir: dir }
+    TestApp {
+        addr,
+        rest,
+        db,
+        http: reqwest::Client::new(),
+        _dir: dir,
+    }
 }
 
-pub fn ctx(connection_id: &str, user: Option<&str>, ce_id: &str, room: Option<&str>) -> EventContext {
+pub fn ctx(
+    connection_id: &str,
+    user: Option<&str>,
+    ce_id: &str,
+    room: Option<&str>,
+) -> EventContext {
     let mut state = ConnectionState::default();
     if let Some(r) = room {
         state.set("room", r);
@@ -136,7 +163,10 @@ pub fn ctx(connection_id: &str, user: Option<&str>, ce_id: &str, room: Option<&s
 }
 
 pub fn message(text: &str) -> Event {
-    Event::User(UserEvent { name: "message".into(), data: EventData::Text(text.into()) })
+    Event::User(UserEvent {
+        name: "message".into(),
+        data: EventData::Text(text.into()),
+    })
 }
 
 impl TestApp {
@@ -145,7 +175,12 @@ impl TestApp {
     }
 
     /// Sends `event` as the service would, signed with `keys`.
-    pub async fn send(&self, mut ctx: EventContext, event: Event, keys: &[&str]) -> reqwest::Response {
+    pub async fn send(
+        &self,
+        mut ctx: EventContext,
+        event: Event,
+        keys: &[&str],
+    ) -> reqwest::Response {
         if ctx.event_name.is_empty() {
             ctx.event_name = match &event {
                 Event::User(u) => u.name.clone(),
@@ -153,11 +188,24 @@ impl TestApp {
             };
         }
         let (headers, body) = build_webhook(&ctx, &event, keys).unwrap();
-        self.http.post(self.url("/eventhandler")).headers(headers).body(body).send().await.unwrap()
+        self.http
+            .post(self.url("/eventhandler"))
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn history(&self, room: &str) -> serde_json::Value {
-        self.http.get(self.url(&format!("/api/messages?room={room}"))).send().await.unwrap().json().await.unwrap()
+        self.http
+            .get(self.url(&format!("/api/messages?room={room}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 }
 
@@ -167,7 +215,11 @@ pub fn verify_jwt(authorization: &str, key: &str) -> serde_json::Value {
     let token = authorization.strip_prefix("Bearer ").expect("bearer token");
     let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
     v.validate_aud = false;
-    jsonwebtoken::decode::<serde_json::Value>(token, &jsonwebtoken::DecodingKey::from_secret(key.as_bytes()), &v)
-        .expect("JWT signed with the access key")
-        .claims
+    jsonwebtoken::decode::<serde_json::Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_secret(key.as_bytes()),
+        &v,
+    )
+    .expect("JWT signed with the access key")
+    .claims
 }
