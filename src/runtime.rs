@@ -12,6 +12,7 @@ use crate::config::{Config, ConfigError, ServeArgs, StoreSpec};
 use crate::http::{router, AppState};
 use crate::protocol::{SignatureVerifier, WebhookParser};
 use crate::service::{RetryPolicy, ServiceClient};
+use crate::store::dynamodb::{self, DynamoOptions};
 use crate::store::{sqlite::SqliteStore, SharedStore, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,8 +41,13 @@ pub async fn open_store(config: &Config) -> Result<SharedStore, StoreError> {
     match &config.store {
         StoreSpec::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path)?)),
         StoreSpec::Dynamo { table } => {
-            let _ = table;
-            Err(StoreError::Failed("dynamodb store not wired yet".into()))
+            let opts = DynamoOptions { retention_days: config.retention_days, ..Default::default() };
+            let store = dynamodb::connect(table, opts).await?;
+            // A local DynamoDB-compatible server starts empty; a real table comes from template.yaml.
+            if std::env::var_os("AWS_ENDPOINT_URL_DYNAMODB").is_some() {
+                store.ensure_table().await?;
+            }
+            Ok(Arc::new(store))
         }
     }
 }

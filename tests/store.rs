@@ -1,0 +1,680 @@
+//! One conformance suite for every `MessageStore` backend — SQLite, and DynamoDB against a real
+//! dynalite server (`tests/js/node_modules`, installed by `scripts/test.sh`) — plus the failure
+//! paths: DynamoDB down, hung, throttling; the SQLite writer failing.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_config::BehaviorVersion;
+use aws_sdk_dynamodb::config::{Credentials, Region};
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::Client;
+use futures_util::future::BoxFuture;
+use hubhook::store::dynamodb::{connect_with, DynamoOptions, DynamoStore};
+use hubhook::store::sqlite::SqliteStore;
+use hubhook::store::{
+    encode_cursor, MessageStore, NewMessage, StoreError, StoredMessage, MAX_PAGE,
+};
+
+const T0: i64 = 1_700_000_000_000;
+
+fn msg(room: &str, conn: &str, ce: &str, at_ms: i64, text: &str) -> NewMessage {
+    NewMessage {
+        room: room.into(),
+        connection_id: conn.into(),
+        ce_id: ce.into(),
+        user_id: Some(format!("user-{conn}")),
+        text: text.into(),
+        at_ms,
+    }
+}
+
+async fn all(store: &dyn MessageStore, room: &str) -> Vec<StoredMessage> {
+    let page = store.history(room, MAX_PAGE, None).await.expect("history");
+    assert_eq!(page.next, None, "{room}: more than one page");
+    page.messages
+}
+
+// ---------------------------------------------------------------------------------------------
+// The conformance suite
+
+async fn suite(store: Arc<dyn MessageStore>) {
+    let t = Instant::now();
+    store.health().await.expect("health");
+    append_then_history(&*store).await;
+    retry_is_idempotent(&*store).await;
+    distinct_deliveries_are_distinct_rows(&*store).await;
+    newest_first_and_paging(&*store).await;
+    rooms_are_isolated(&*store).await;
+    bad_cursors(&*store).await;
+    claims(&*store).await;
+    concurrent_appends(store.clone()).await;
+    store.health().await.expect("health after the suite");
+    eprintln!("suite on {}: {:?}", store.describe(), t.elapsed());
+}
+
+async fn append_then_history(store: &dyn MessageStore) {
+    let m = msg(
+        "basic",
+        "conn-a",
+        "ce-1",
+        T0 + 123,
+        "héllo \"wörld\" 🎉\nline 2",
+    );
+    let a = store.append(m.clone()).await.expect("append");
+    assert!(a.inserted);
+    assert_eq!(a.message, StoredMessage::from_new(&m));
+    assert_eq!(a.message.id, m.id());
+    assert_eq!(a.message.from.as_deref(), Some("user-conn-a"));
+    assert_eq!(a.message.at, "2023-11-14T22:13:20.123Z");
+
+    let anon = NewMessage {
+        user_id: None,
+        ..msg("basic", "conn-b", "ce-1", T0 + 500, "anonymous")
+    };
+    let b = store.append(anon.clone()).await.expect("append anonymous");
+    assert!(b.inserted);
+    assert_eq!(b.message.from, None);
+
+    let page = store.history("basic", 10, None).await.expect("history");
+    assert_eq!(page.messages, vec![b.message, a.message]);
+    assert_eq!(page.next, None);
+}
+
+async fn retry_is_idempotent(store: &dyn MessageStore) {
+    let m = msg("retry", "conn-r", "ce-1", T0, "first");
+    let first = store.append(m.clone()).await.expect("append");
+    assert!(first.inserted);
+    // A retry is the same event; even if something differed, the first write wins.
+    for retry in [
+        m.clone(),
+        NewMessage {
+            text: "changed".into(),
+            ..m.clone()
+        },
+    ] {
+        let again = store.append(retry).await.expect("retry");
+        assert!(!again.inserted);
+        assert_eq!(again.message, first.message);
+    }
+    assert_eq!(all(store, "retry").await, vec![first.message]);
+}
+
+async fn distinct_deliveries_are_distinct_rows(store: &dyn MessageStore) {
+    // Same connection and time, different ce-ids; and the same ce-id on another connection.
+    let ms = [
+        msg("same-time", "conn-s1", "ce-1", T0, "one"),
+        msg("same-time", "conn-s1", "ce-2", T0, "two"),
+        msg("same-time", "conn-s2", "ce-1", T0, "three"),
+    ];
+    let mut ids = BTreeSet::new();
+    for m in &ms {
+        let a = store.append(m.clone()).await.expect("append");
+        assert!(a.inserted, "{m:?}");
+        ids.insert(a.message.id);
+    }
+    assert_eq!(ids.len(), 3);
+    let stored: BTreeSet<_> = all(store, "same-time")
+        .await
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(stored, ids);
+}
+
+async fn newest_first_and_paging(store: &dyn MessageStore) {
+    let room = "paging";
+    let n = 25;
+    // Inserted out of order: history is ordered by event time, not by insertion.
+    for k in 0..n {
+        let i = (k * 7) % n;
+        let a = store
+            .append(msg(
+                room,
+                "conn-p",
+                &format!("ce-{i}"),
+                T0 + i * 1000,
+                &format!("m{i}"),
+            ))
+            .await
+            .unwrap();
+        assert!(a.inserted);
+    }
+    let expected: Vec<String> = (0..n).rev().map(|i| format!("m{i}")).collect();
+    let everything: Vec<String> = all(store, room).await.into_iter().map(|m| m.text).collect();
+    assert_eq!(everything, expected, "newest first");
+
+    for (limit, sizes) in [
+        (7, vec![7, 7, 7, 4]),
+        (5, vec![5; 5]),
+        (25, vec![25]),
+        (1000, vec![25]),
+    ] {
+        let mut seen = Vec::new();
+        let mut got_sizes = Vec::new();
+        let mut before: Option<String> = None;
+        loop {
+            let page = store
+                .history(room, limit, before.as_deref())
+                .await
+                .expect("page");
+            got_sizes.push(page.messages.len());
+            seen.extend(page.messages.into_iter().map(|m| m.text));
+            match page.next {
+                Some(c) => before = Some(c),
+                None => break,
+            }
+            assert!(got_sizes.len() <= 30, "paging does not end");
+        }
+        assert_eq!(got_sizes, sizes, "limit {limit}");
+        assert_eq!(seen, expected, "limit {limit}: gaps or duplicates");
+    }
+
+    // limit 0 is clamped to 1.
+    let one = store.history(room, 0, None).await.unwrap();
+    assert_eq!(one.messages.len(), 1);
+    assert_eq!(one.messages[0].text, "m24");
+    assert!(one.next.is_some());
+    // An empty room.
+    let empty = store.history("nobody-here", 10, None).await.unwrap();
+    assert!(empty.messages.is_empty());
+    assert_eq!(empty.next, None);
+}
+
+async fn rooms_are_isolated(store: &dyn MessageStore) {
+    let a = store
+        .append(msg("iso-a", "conn-i", "ce-1", T0, "in a"))
+        .await
+        .unwrap();
+    let b = store
+        .append(msg("iso-b", "conn-i", "ce-2", T0, "in b"))
+        .await
+        .unwrap();
+    assert_eq!(all(store, "iso-a").await, vec![a.message]);
+    assert_eq!(all(store, "iso-b").await, vec![b.message]);
+    // A room whose name is a prefix of another's.
+    assert!(all(store, "iso").await.is_empty());
+}
+
+async fn bad_cursors(store: &dyn MessageStore) {
+    for bad in [
+        "!!",
+        "",
+        "aGVsbG8",
+        &encode_cursor("1700000000000-zzzzzzzzzzzzzzzz"),
+    ] {
+        assert_eq!(
+            store.history("paging", 10, Some(bad)).await,
+            Err(StoreError::BadCursor),
+            "{bad:?}"
+        );
+    }
+}
+
+async fn claims(store: &dyn MessageStore) {
+    assert_eq!(store.claim_delivery("conn-c", "ce-1").await, Ok(true));
+    assert_eq!(store.claim_delivery("conn-c", "ce-1").await, Ok(false));
+    assert_eq!(store.claim_delivery("conn-c", "ce-2").await, Ok(true));
+    assert_eq!(store.claim_delivery("conn-d", "ce-1").await, Ok(true));
+    // Claims and messages do not share keys.
+    let a = store
+        .append(msg("claims", "conn-c", "ce-1", T0, "after a claim"))
+        .await
+        .unwrap();
+    assert!(a.inserted);
+    assert_eq!(all(store, "claims").await.len(), 1);
+}
+
+async fn concurrent_appends(store: Arc<dyn MessageStore>) {
+    let room = "concurrent";
+    let deliveries: Vec<NewMessage> = (0..64)
+        .map(|i| {
+            msg(
+                room,
+                &format!("conn-cc{}", i % 5),
+                &format!("ce-{i}"),
+                T0 + i / 3,
+                "x",
+            )
+        })
+        .collect();
+    // Every delivery twice at once: 128 racing appends.
+    let mut tasks = tokio::task::JoinSet::new();
+    for m in deliveries.iter().chain(deliveries.iter()).cloned() {
+        let store = store.clone();
+        tasks.spawn(async move { (m.id(), store.append(m).await) });
+    }
+    let mut results: HashMap<String, Vec<(bool, StoredMessage)>> = HashMap::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (id, r) = joined.expect("task");
+        let a = r.unwrap_or_else(|e| panic!("append {id}: {e}"));
+        results.entry(id).or_default().push((a.inserted, a.message));
+    }
+    assert_eq!(results.len(), 64);
+    for (id, rs) in &results {
+        assert_eq!(rs.len(), 2);
+        assert_eq!(
+            rs.iter().filter(|(inserted, _)| *inserted).count(),
+            1,
+            "{id}: inserted exactly once"
+        );
+        assert_eq!(rs[0].1, rs[1].1);
+        assert_eq!(&rs[0].1.id, id);
+    }
+    let stored = all(&*store, room).await;
+    assert_eq!(stored.len(), 64);
+    let ids: BTreeSet<_> = stored.into_iter().map(|m| m.id).collect();
+    assert_eq!(ids, results.keys().cloned().collect());
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQLite
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("x.db")).expect("open");
+    assert!(store.describe().starts_with("sqlite://"));
+    suite(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn sqlite_writer_failure_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.db");
+    let store = SqliteStore::open(&path).expect("open");
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other
+        .execute_batch(
+            "CREATE TRIGGER f BEFORE INSERT ON messages BEGIN SELECT RAISE(FAIL,'simulated'); END;",
+        )
+        .unwrap();
+
+    let m = msg("broken", "conn-a", "ce-1", T0, "lost");
+    match store.append(m.clone()).await {
+        Err(StoreError::Failed(reason)) => assert!(reason.contains("simulated"), "{reason}"),
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    assert!(all(&store, "broken").await.is_empty());
+
+    // The writer keeps going once the fault is gone.
+    other.execute_batch("DROP TRIGGER f;").unwrap();
+    assert!(store.append(m).await.unwrap().inserted);
+    assert_eq!(all(&store, "broken").await.len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// DynamoDB (dynalite)
+
+/// A dynalite server on a free loopback port, killed on drop.
+struct Dynalite {
+    child: Child,
+    endpoint: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+const HOW_TO_INSTALL: &str =
+    "the DynamoDB tests need Node.js >= 20 and dynalite in tests/js/node_modules: run the README's test command, `bash scripts/test.sh`";
+
+impl Dynalite {
+    async fn start() -> Dynalite {
+        let cli =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js/node_modules/dynalite/cli.js");
+        assert!(
+            cli.is_file(),
+            "{} is missing: {HOW_TO_INSTALL}",
+            cli.display()
+        );
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let dir = tempfile::tempdir().unwrap();
+            let log = dir.path().join("dynalite.log");
+            let out = std::fs::File::create(&log).unwrap();
+            let child = Command::new("node")
+                .arg(&cli)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args([
+                    "--createTableMs",
+                    "0",
+                    "--deleteTableMs",
+                    "0",
+                    "--updateTableMs",
+                    "0",
+                ])
+                .stdin(Stdio::null())
+                .stdout(out.try_clone().unwrap())
+                .stderr(out)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run `node` ({e}): {HOW_TO_INSTALL}"));
+            let mut d = Dynalite {
+                child,
+                endpoint: format!("http://127.0.0.1:{port}"),
+                log,
+                _dir: dir,
+            };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Some(status) = d.child.try_wait().unwrap() {
+                    last_log = format!(
+                        "dynalite exited with {status}: {}",
+                        std::fs::read_to_string(&d.log).unwrap_or_default()
+                    );
+                    break;
+                }
+                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                {
+                    return d;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if last_log.is_empty() {
+                panic!(
+                    "dynalite did not listen on {port} within 20 s: {}",
+                    std::fs::read_to_string(&d.log).unwrap_or_default()
+                );
+            }
+            // Exited (e.g. the port was taken meanwhile): try another port.
+        }
+        panic!("{last_log}\n{HOW_TO_INSTALL}");
+    }
+}
+
+impl Drop for Dynalite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client for a local server: static fake credentials, us-east-1, no timeouts of its own (the
+/// store adds them).
+fn local_client(endpoint: &str) -> Client {
+    let conf = aws_sdk_dynamodb::Config::builder()
+        .behavior_version_latest()
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new(
+            "AKIDFAKE",
+            "fakesecret",
+            None,
+            None,
+            "static",
+        ))
+        .build();
+    Client::from_conf(conf)
+}
+
+async fn raw_item(
+    client: &Client,
+    table: &str,
+    pk: &str,
+    sk: &str,
+) -> HashMap<String, AttributeValue> {
+    client
+        .get_item()
+        .table_name(table)
+        .key("pk", AttributeValue::S(pk.into()))
+        .key("sk", AttributeValue::S(sk.into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("GetItem")
+        .item()
+        .cloned()
+        .unwrap_or_else(|| panic!("no item {pk}/{sk}"))
+}
+
+fn number(item: &HashMap<String, AttributeValue>, k: &str) -> Option<i64> {
+    item.get(k)
+        .map(|v| v.as_n().expect("a number").parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_backend() {
+    let t = Instant::now();
+    let server = Dynalite::start().await;
+    eprintln!("dynalite listening after {:?}", t.elapsed());
+
+    // Through the aws-config loader, as in production (explicit endpoint instead of the env).
+    let loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(&server.endpoint)
+        .credentials_provider(Credentials::new(
+            "AKIDFAKE",
+            "fakesecret",
+            None,
+            None,
+            "static",
+        ));
+    let store = connect_with(loader, "messages", DynamoOptions::default())
+        .await
+        .expect("connect");
+    assert_eq!(store.describe(), "dynamodb://messages");
+    match store.health().await {
+        Err(StoreError::Failed(reason)) => assert!(reason.contains("ResourceNotFound"), "{reason}"),
+        other => panic!("health of a missing table: {other:?}"),
+    }
+    let t = Instant::now();
+    store.ensure_table().await.expect("ensure_table");
+    store.ensure_table().await.expect("ensure_table again");
+    eprintln!("ensure_table twice: {:?}", t.elapsed());
+
+    suite(Arc::new(store)).await;
+
+    // Layout and expiry, read back raw.
+    let client = local_client(&server.endpoint);
+    let keep = DynamoStore::from_client(client.clone(), "messages", DynamoOptions::default());
+    let expiring = DynamoStore::from_client(
+        client.clone(),
+        "messages",
+        DynamoOptions {
+            retention_days: Some(7),
+            ..Default::default()
+        },
+    );
+    let forever = msg("ttl", "conn-t", "ce-1", T0 + 1_999, "kept");
+    let brief = msg("ttl", "conn-t", "ce-2", T0 + 2_999, "expires");
+    assert!(keep.append(forever.clone()).await.unwrap().inserted);
+    assert!(expiring.append(brief.clone()).await.unwrap().inserted);
+
+    let item = raw_item(&client, "messages", "room#ttl", &forever.id()).await;
+    assert_eq!(item.get("ttl"), None);
+    assert_eq!(item["room"].as_s().unwrap(), "ttl");
+    assert_eq!(item["connectionId"].as_s().unwrap(), "conn-t");
+    assert_eq!(item["ceId"].as_s().unwrap(), "ce-1");
+    assert_eq!(item["userId"].as_s().unwrap(), "user-conn-t");
+    assert_eq!(item["text"].as_s().unwrap(), "kept");
+    assert_eq!(number(&item, "atMs"), Some(T0 + 1_999));
+
+    let item = raw_item(&client, "messages", "room#ttl", &brief.id()).await;
+    assert_eq!(number(&item, "ttl"), Some((T0 + 2_999) / 1000 + 7 * 86_400));
+
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!(keep.claim_delivery("conn-t", "ce-9").await.unwrap());
+    let claim = raw_item(&client, "messages", "delivery#conn-t", "ce-9").await;
+    let ttl = number(&claim, "ttl").expect("claims expire");
+    assert!(
+        (now + 86_400 - 5..=now + 86_400 + 5).contains(&ttl),
+        "claim ttl {ttl}, now {now}"
+    );
+}
+
+fn assert_unavailable(
+    what: &str,
+    r: Result<impl std::fmt::Debug, StoreError>,
+    expect: &[&str],
+) -> String {
+    match r {
+        Err(StoreError::Unavailable(reason)) => {
+            let lower = reason.to_lowercase();
+            assert!(
+                expect.iter().any(|e| lower.contains(e)),
+                "{what}: reason {reason:?} mentions none of {expect:?}"
+            );
+            assert!(!reason.contains("fakesecret"), "{what}: secret in {reason}");
+            reason
+        }
+        other => panic!("{what}: expected Unavailable, got {other:?}"),
+    }
+}
+
+const DOWN_DEADLINE: Duration = Duration::from_millis(1500);
+
+/// Runs one store call against a dead server: Unavailable, with a reason, within the deadline.
+async fn timed(what: &str, op: &str, fut: BoxFuture<'_, Result<(), StoreError>>) {
+    let expect: &[&str] = match what {
+        "refused" => &["connection refused"],
+        _ => &["timed out", "timeout"],
+    };
+    let t = Instant::now();
+    let r = tokio::time::timeout(DOWN_DEADLINE * 3 + Duration::from_secs(5), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} {op}: hangs"));
+    let took = t.elapsed();
+    let reason = assert_unavailable(&format!("{what} {op}"), r, expect);
+    assert!(
+        took < DOWN_DEADLINE + Duration::from_millis(1000),
+        "{what} {op}: took {took:?}"
+    );
+    eprintln!("{what} {op}: unavailable after {took:?}: {reason}");
+}
+
+#[tokio::test]
+async fn dynamodb_down_is_unavailable() {
+    // Nothing listens on a port that was just free.
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    // A server that accepts connections and never answers.
+    let hung_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung = hung_listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = hung_listener.accept().await {
+            held.push(sock);
+        }
+    });
+
+    for (what, addr) in [("refused", refused), ("hung", hung)] {
+        let client = local_client(&format!("http://{addr}"));
+        let store = DynamoStore::from_client(
+            client,
+            "messages",
+            DynamoOptions {
+                deadline: DOWN_DEADLINE,
+                ..Default::default()
+            },
+        );
+        futures_util::future::join_all([
+            timed(
+                what,
+                "append",
+                Box::pin(async { store.append(msg("down", "c", "1", T0, "x")).await.map(drop) }),
+            ),
+            timed(
+                what,
+                "history",
+                Box::pin(async { store.history("down", 10, None).await.map(drop) }),
+            ),
+            timed(
+                what,
+                "claim_delivery",
+                Box::pin(async { store.claim_delivery("c", "1").await.map(drop) }),
+            ),
+            timed(what, "health", Box::pin(store.health())),
+        ])
+        .await;
+    }
+}
+
+/// A stand-in that answers every request with one DynamoDB error, counting the attempts.
+async fn error_server(status: u16, code: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().fallback(move || {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let body = match code {
+                "" => "<html>bad gateway</html>".to_string(),
+                _ => format!(r#"{{"__type":"com.amazonaws.dynamodb.v20120810#{code}","message":"simulated {code}"}}"#),
+            };
+            axum::http::Response::builder()
+                .status(status)
+                .header("content-type", "application/x-amz-json-1.0")
+                .header("x-amzn-requestid", "REQ1")
+                .body(axum::body::Body::from(body))
+                .unwrap()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, hits)
+}
+
+#[tokio::test]
+async fn dynamodb_throttling_is_unavailable_and_rejections_fail() {
+    let opts = DynamoOptions {
+        deadline: Duration::from_secs(3),
+        ..Default::default()
+    };
+    for (status, code, unavailable) in [
+        (400, "ProvisionedThroughputExceededException", true),
+        (400, "ThrottlingException", true),
+        (400, "RequestLimitExceeded", true),
+        (500, "InternalServerError", true),
+        (502, "", true), // a proxy's error page
+        (400, "ValidationException", false),
+        (400, "AccessDeniedException", false),
+    ] {
+        let (addr, hits) = error_server(status, code).await;
+        let store = DynamoStore::from_client(
+            local_client(&format!("http://{addr}")),
+            "messages",
+            opts.clone(),
+        );
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            store.append(msg("e", "c", "1", T0, "x")),
+        )
+        .await
+        .expect("bounded");
+        let attempts = hits.load(Ordering::SeqCst);
+        eprintln!("{code}: {attempts} attempts: {r:?}");
+        match r {
+            Err(StoreError::Unavailable(reason)) if unavailable => {
+                assert!(reason.contains(code), "{reason}");
+                assert!(attempts > 1, "{code}: retried ({attempts} attempts)");
+            }
+            Err(StoreError::Failed(reason)) if !unavailable => {
+                assert!(
+                    reason.contains(code) && reason.contains("simulated"),
+                    "{reason}"
+                );
+                assert_eq!(attempts, 1, "{code}: not retried");
+            }
+            other => panic!("{code}: {other:?}"),
+        }
+        let h = store.history("e", 10, None).await;
+        assert_eq!(
+            matches!(h, Err(StoreError::Unavailable(_))),
+            unavailable,
+            "{code} history: {h:?}"
+        );
+    }
+}
