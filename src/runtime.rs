@@ -41,7 +41,10 @@ pub async fn open_store(config: &Config) -> Result<SharedStore, StoreError> {
     match &config.store {
         StoreSpec::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path)?)),
         StoreSpec::Dynamo { table } => {
-            let opts = DynamoOptions { retention_days: config.retention_days, ..Default::default() };
+            let opts = DynamoOptions {
+                retention_days: config.retention_days,
+                ..Default::default()
+            };
             let store = dynamodb::connect(table, opts).await?;
             // A local DynamoDB-compatible server starts empty; a real table comes from template.yaml.
             if std::env::var_os("AWS_ENDPOINT_URL_DYNAMODB").is_some() {

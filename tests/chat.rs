@@ -556,3 +556,69 @@ async fn negotiate_is_off_unless_loopback_or_opened() {
         404
     );
 }
+
+#[tokio::test]
+async fn unreachable_store_is_503_with_a_reason_and_no_broadcast() {
+    use hubhook::store::dynamodb::{DynamoOptions, DynamoStore};
+    let rest = RestStandIn::start().await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let conf = aws_sdk_dynamodb::Config::builder()
+        .behavior_version_latest()
+        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+        .endpoint_url(format!("http://{dead}"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "AKIDFAKE", "fake", None, None, "static",
+        ))
+        .build();
+    let opts = DynamoOptions {
+        deadline: std::time::Duration::from_secs(1),
+        ..Default::default()
+    };
+    let store =
+        DynamoStore::from_client(aws_sdk_dynamodb::Client::from_conf(conf), "messages", opts);
+    let dir = tempfile::tempdir().unwrap();
+    let config = hubhook::config::Config::from_args(
+        &args_for(&rest, &dir.path().join("unused.db")),
+        &hubhook::config::Defaults::serve(),
+    )
+    .unwrap();
+    let router =
+        hubhook::runtime::build_router_with_store(&config, std::sync::Arc::new(store)).unwrap();
+    let app = hubhook::runtime::Application::bind("127.0.0.1:0".parse().unwrap(), router)
+        .await
+        .unwrap();
+    let addr = app.local_addr();
+    tokio::spawn(app.run());
+    let (headers, body) = hubhook::protocol::build_webhook(
+        &hubhook::protocol::EventContext {
+            event_name: "message".into(),
+            ..ctx("c1", Some("a"), "1", Some("lobby"))
+        },
+        &message("hi"),
+        &[KEY],
+    )
+    .unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}/eventhandler"))
+        .headers(headers)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let reason = r.text().await.unwrap();
+    assert!(
+        reason.starts_with("store unavailable:") && reason.to_lowercase().contains("refused"),
+        "{reason}"
+    );
+    assert!(rest.calls().is_empty());
+    let r = reqwest::Client::new()
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+}

@@ -151,9 +151,9 @@ fn signed(c: &hubhook::protocol::EventContext, e: &Event) -> (HeaderMap, Vec<u8>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lambda_function_url_flow() {
+async fn lambda_function_url_flow_on_dynamodb() {
     let rest = RestStandIn::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let dynamo = Dynalite::start().await;
     let api = RuntimeApi::default();
     let (tx, mut rx) = mpsc::unbounded_channel();
     *api.results.lock().unwrap() = Some(tx);
@@ -188,10 +188,14 @@ async fn lambda_function_url_flow() {
             "HUBHOOK_ALLOWED_ORIGINS",
             "contoso.webpubsub.azure.com".into(),
         ),
-        (
-            "HUBHOOK_STORE",
-            format!("sqlite://{}", dir.path().join("l.db").display()),
-        ),
+        // As deployed by template.yaml: DynamoDB (here dynalite; the table is created on start
+        // because a local endpoint is configured).
+        ("HUBHOOK_STORE", "dynamodb://hubhook-messages".into()),
+        ("HUBHOOK_RETENTION_DAYS", "30".into()),
+        ("AWS_ENDPOINT_URL_DYNAMODB", dynamo.endpoint.clone()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", "AKIDFAKE".into()),
+        ("AWS_SECRET_ACCESS_KEY", "fakesecret".into()),
     ]);
 
     let mut n = 0;

@@ -2,10 +2,10 @@
 //! dynalite server (`tests/js/node_modules`, installed by `scripts/test.sh`) — plus the failure
 //! paths: DynamoDB down, hung, throttling; the SQLite writer failing.
 
+mod support;
+
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use hubhook::store::sqlite::SqliteStore;
 use hubhook::store::{
     encode_cursor, MessageStore, NewMessage, StoreError, StoredMessage, MAX_PAGE,
 };
+use support::Dynalite;
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -310,94 +311,6 @@ async fn sqlite_writer_failure_is_an_error() {
 
 // ---------------------------------------------------------------------------------------------
 // DynamoDB (dynalite)
-
-/// A dynalite server on a free loopback port, killed on drop.
-struct Dynalite {
-    child: Child,
-    endpoint: String,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-const HOW_TO_INSTALL: &str =
-    "the DynamoDB tests need Node.js >= 20 and dynalite in tests/js/node_modules: run the README's test command, `bash scripts/test.sh`";
-
-impl Dynalite {
-    async fn start() -> Dynalite {
-        let cli =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js/node_modules/dynalite/cli.js");
-        assert!(
-            cli.is_file(),
-            "{} is missing: {HOW_TO_INSTALL}",
-            cli.display()
-        );
-        let mut last_log = String::new();
-        for _ in 0..3 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let dir = tempfile::tempdir().unwrap();
-            let log = dir.path().join("dynalite.log");
-            let out = std::fs::File::create(&log).unwrap();
-            let child = Command::new("node")
-                .arg(&cli)
-                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                .args([
-                    "--createTableMs",
-                    "0",
-                    "--deleteTableMs",
-                    "0",
-                    "--updateTableMs",
-                    "0",
-                ])
-                .stdin(Stdio::null())
-                .stdout(out.try_clone().unwrap())
-                .stderr(out)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot run `node` ({e}): {HOW_TO_INSTALL}"));
-            let mut d = Dynalite {
-                child,
-                endpoint: format!("http://127.0.0.1:{port}"),
-                log,
-                _dir: dir,
-            };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if let Some(status) = d.child.try_wait().unwrap() {
-                    last_log = format!(
-                        "dynalite exited with {status}: {}",
-                        std::fs::read_to_string(&d.log).unwrap_or_default()
-                    );
-                    break;
-                }
-                if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .is_ok()
-                {
-                    return d;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            if last_log.is_empty() {
-                panic!(
-                    "dynalite did not listen on {port} within 20 s: {}",
-                    std::fs::read_to_string(&d.log).unwrap_or_default()
-                );
-            }
-            // Exited (e.g. the port was taken meanwhile): try another port.
-        }
-        panic!("{last_log}\n{HOW_TO_INSTALL}");
-    }
-}
-
-impl Drop for Dynalite {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A client for a local server: static fake credentials, us-east-1, no timeouts of its own (the
 /// store adds them).

@@ -4,8 +4,11 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -222,4 +225,92 @@ pub fn verify_jwt(authorization: &str, key: &str) -> serde_json::Value {
     )
     .expect("JWT signed with the access key")
     .claims
+}
+
+/// A dynalite server on a free loopback port, killed on drop.
+pub struct Dynalite {
+    child: Child,
+    pub endpoint: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+const HOW_TO_INSTALL: &str =
+    "the DynamoDB tests need Node.js >= 20 and dynalite in tests/js/node_modules: run the README's test command, `bash scripts/test.sh`";
+
+impl Dynalite {
+    pub async fn start() -> Dynalite {
+        let cli =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js/node_modules/dynalite/cli.js");
+        assert!(
+            cli.is_file(),
+            "{} is missing: {HOW_TO_INSTALL}",
+            cli.display()
+        );
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let dir = tempfile::tempdir().unwrap();
+            let log = dir.path().join("dynalite.log");
+            let out = std::fs::File::create(&log).unwrap();
+            let child = Command::new("node")
+                .arg(&cli)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args([
+                    "--createTableMs",
+                    "0",
+                    "--deleteTableMs",
+                    "0",
+                    "--updateTableMs",
+                    "0",
+                ])
+                .stdin(Stdio::null())
+                .stdout(out.try_clone().unwrap())
+                .stderr(out)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run `node` ({e}): {HOW_TO_INSTALL}"));
+            let mut d = Dynalite {
+                child,
+                endpoint: format!("http://127.0.0.1:{port}"),
+                log,
+                _dir: dir,
+            };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Some(status) = d.child.try_wait().unwrap() {
+                    last_log = format!(
+                        "dynalite exited with {status}: {}",
+                        std::fs::read_to_string(&d.log).unwrap_or_default()
+                    );
+                    break;
+                }
+                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                {
+                    return d;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if last_log.is_empty() {
+                panic!(
+                    "dynalite did not listen on {port} within 20 s: {}",
+                    std::fs::read_to_string(&d.log).unwrap_or_default()
+                );
+            }
+            // Exited (e.g. the port was taken meanwhile): try another port.
+        }
+        panic!("{last_log}\n{HOW_TO_INSTALL}");
+    }
+}
+
+impl Drop for Dynalite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
