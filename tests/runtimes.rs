@@ -29,6 +29,8 @@ impl Drop for KillOnDrop {
     }
 }
 
+const ARN: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:hubhook/webpubsub-AbCdEf";
+
 type ResultSender = mpsc::UnboundedSender<(String, Value)>;
 
 /// The slice of the Lambda Runtime API a function uses: `next` hands out queued events, the
@@ -136,6 +138,7 @@ fn free_port() -> u16 {
 fn hubhook(envs: &[(&str, String)]) -> KillOnDrop {
     let mut c = Command::new(env!("CARGO_BIN_EXE_hubhook"));
     c.env_remove("PORT")
+        .env_remove("WEBPUBSUB_CONNECTION_STRING")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
@@ -154,6 +157,23 @@ fn signed(c: &hubhook::protocol::EventContext, e: &Event) -> (HeaderMap, Vec<u8>
 async fn lambda_function_url_flow_on_dynamodb() {
     let rest = RestStandIn::start().await;
     let dynamo = Dynalite::start().await;
+    // Secrets Manager is a cloud endpoint we cannot run: a loopback stand-in answers
+    // GetSecretValue (JSON 1.1 protocol) and records which secret was asked for.
+    let asked = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let secret = rest.connection_string();
+    let sm = Router::new()
+        .fallback({
+            let asked = asked.clone();
+            move |headers: HeaderMap, body: axum::body::Bytes| async move {
+                let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+                let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                asked.lock().unwrap().push(json!({"target": target, "req": req}));
+                ([("content-type", "application/x-amz-json-1.1")], Json(json!({"ARN": req["SecretId"], "Name": "hubhook/webpubsub", "SecretString": secret})))
+            }
+        });
+    let sm_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sm_addr = sm_listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(sm_listener, sm).await.unwrap() });
     let api = RuntimeApi::default();
     let (tx, mut rx) = mpsc::unbounded_channel();
     *api.results.lock().unwrap() = Some(tx);
@@ -183,7 +203,11 @@ async fn lambda_function_url_flow_on_dynamodb() {
         ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".into()),
         ("AWS_LAMBDA_LOG_STREAM_NAME", "s".into()),
         ("AWS_LAMBDA_LOG_GROUP_NAME", "g".into()),
-        ("WEBPUBSUB_CONNECTION_STRING", rest.connection_string()),
+        ("WEBPUBSUB_CONNECTION_STRING_SECRET_ARN", ARN.into()),
+        (
+            "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+            format!("http://{sm_addr}"),
+        ),
         (
             "HUBHOOK_ALLOWED_ORIGINS",
             "contoso.webpubsub.azure.com".into(),
@@ -224,7 +248,7 @@ async fn lambda_function_url_flow_on_dynamodb() {
         }
     };
 
-    // 1. abuse-protection handshake
+    // 1. abuse-protection handshake (after the cold start read the secret)
     let mut h = HeaderMap::new();
     h.insert(
         "webhook-request-origin",
@@ -302,6 +326,12 @@ async fn lambda_function_url_flow_on_dynamodb() {
     .await;
     assert_eq!(v["statusCode"], 401);
     assert_eq!(body_of(&v), b"signature validation failed\n");
+
+    // the connection string was read from Secrets Manager exactly once, at cold start
+    let asked = asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert_eq!(asked[0]["target"], "secretsmanager.GetSecretValue");
+    assert_eq!(asked[0]["req"]["SecretId"], ARN);
 
     // 5. history
     let v = recv(invoke(function_url_event(
