@@ -75,6 +75,10 @@ pub struct ServeArgs {
     /// Days to keep messages (DynamoDB TTL); default: forever.
     #[arg(long, env = "HUBHOOK_RETENTION_DAYS")]
     pub retention_days: Option<String>,
+    /// Encoding of incoming connection state: `express` (default, what hubhook writes) or
+    /// `dotnet` (a hub moving over from an ASP.NET Core handler).
+    #[arg(long, env = "HUBHOOK_STATE_FORMAT")]
+    pub state_format: Option<String>,
     /// `true` turns OFF ce-signature verification. Only for debugging; logged loudly.
     #[arg(long, env = "HUBHOOK_INSECURE_SKIP_SIGNATURE")]
     pub insecure_skip_signature: Option<String>,
@@ -124,6 +128,7 @@ pub struct Config {
     pub chat: ChatConfig,
     pub event_path: String,
     pub retention_days: Option<u32>,
+    pub dotnet_state: bool,
 }
 
 /// Defaults that differ between `serve` and `dev`.
@@ -279,6 +284,16 @@ impl Config {
             .map(|v| parse_num::<u32>("HUBHOOK_RETENTION_DAYS", v, "a number of days"))
             .transpose()?
             .filter(|d| *d > 0);
+        let dotnet_state = match a.state_format.as_deref().map(str::trim) {
+            None | Some("express") => false,
+            Some("dotnet") => true,
+            Some(other) => {
+                return Err(err(
+                    "HUBHOOK_STATE_FORMAT",
+                    format!("expected express or dotnet, got {other:?}"),
+                ))
+            }
+        };
         let default_room = "lobby".to_string();
         validate_room(&default_room).map_err(|e| err("room", e.to_string()))?;
         Ok(Config {
@@ -303,6 +318,7 @@ impl Config {
             },
             event_path,
             retention_days,
+            dotnet_state,
         })
     }
 }

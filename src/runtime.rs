@@ -74,7 +74,7 @@ pub fn build_router_with_store(config: &Config, store: SharedStore) -> anyhow::R
         RetryPolicy::default(),
     )?;
     let state = AppState {
-        parser: WebhookParser::new(&config.hub, verifier),
+        parser: WebhookParser::new(&config.hub, verifier).with_dotnet_state(config.dotnet_state),
         origins: config.allowed_origins.clone(),
         chat: Chat::new(store, service, config.chat.clone()),
         connection_string: config.connection_string.clone(),

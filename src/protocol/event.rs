@@ -212,6 +212,7 @@ fn multimap<'de, D: Deserializer<'de>>(d: D) -> Result<MultiMap, D::Error> {
 pub struct WebhookParser {
     hub: String,
     verifier: Option<SignatureVerifier>,
+    dotnet_state: bool,
 }
 
 impl WebhookParser {
@@ -220,7 +221,14 @@ impl WebhookParser {
         WebhookParser {
             hub: hub.into(),
             verifier,
+            dotnet_state: false,
         }
+    }
+
+    /// Read `ce-connectionState` in the .NET SDK's encoding (see [`ConnectionState::decode_dotnet`]).
+    pub fn with_dotnet_state(mut self, on: bool) -> Self {
+        self.dotnet_state = on;
+        self
     }
 
     pub fn hub(&self) -> &str {
@@ -250,7 +258,13 @@ impl WebhookParser {
         let ce_id = required(headers, "ce-id")?;
         let event_name_header = optional(headers, "ce-eventName")?;
         let state = optional(headers, "ce-connectionState")?
-            .map(|s| ConnectionState::decode(&s))
+            .map(|s| {
+                if self.dotnet_state {
+                    ConnectionState::decode_dotnet(&s)
+                } else {
+                    ConnectionState::decode(&s)
+                }
+            })
             .unwrap_or_default();
         let subprotocol = optional(headers, "ce-subprotocol")?.filter(|s| !s.is_empty());
         let physical = optional(headers, "ce-physicalConnectionId")?;

@@ -2,7 +2,8 @@
 //!
 //! Written in the `@azure/web-pubsub-express` format — base64 of one JSON object whose values are
 //! plain JSON — so a hub can move between hubhook and the express handler. The .NET SDK's format
-//! (each value itself base64 of its JSON) is recognised on read. Like express, an undecodable
+//! (each value itself base64 of its JSON) is read only when configured: the two cannot be told
+//! apart from the bytes (an express value may itself be a base64 string). Like express, an undecodable
 //! value reads as empty state rather than failing the event: state is a cache, not an input.
 
 use base64::engine::general_purpose::STANDARD;
@@ -15,27 +16,27 @@ pub struct ConnectionState {
 }
 
 impl ConnectionState {
+    /// Reads the express format. A value that merely looks like base64 stays the string it is.
     pub fn decode(header: &str) -> Self {
-        let values = STANDARD
-            .decode(header.trim())
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
-            .and_then(|v| match v {
-                Value::Object(m) => Some(m),
-                _ => None,
+        ConnectionState {
+            values: decode_object(header),
+        }
+    }
+
+    /// Reads the .NET SDK's format (each value base64 of its JSON), e.g. for a hub moving from
+    /// an ASP.NET Core handler (`HUBHOOK_STATE_FORMAT=dotnet`). Values that are not in that
+    /// shape are kept as they are.
+    pub fn decode_dotnet(header: &str) -> Self {
+        let values = decode_object(header)
+            .into_iter()
+            .map(|(k, v)| {
+                let decoded = v
+                    .as_str()
+                    .and_then(|s| STANDARD.decode(s).ok())
+                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+                (k, decoded.unwrap_or(v))
             })
-            .unwrap_or_default();
-        let values = if is_dotnet_encoding(&values) {
-            values
-                .into_iter()
-                .filter_map(|(k, v)| {
-                    let bytes = STANDARD.decode(v.as_str()?).ok()?;
-                    Some((k, serde_json::from_slice(&bytes).ok()?))
-                })
-                .collect()
-        } else {
-            values
-        };
+            .collect();
         ConnectionState { values }
     }
 
@@ -43,7 +44,9 @@ impl ConnectionState {
     pub fn encode(&self) -> String {
         STANDARD.encode(serde_json::to_vec(&self.values).expect("a JSON map always serialises"))
     }
+}
 
+impl ConnectionState {
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.values.get(key)
     }
@@ -65,17 +68,16 @@ impl ConnectionState {
     }
 }
 
-/// .NET writes every value as a base64 string of JSON. A state whose values are all strings that
-/// decode that way is read as .NET's; express values that happen to be such strings are rare
-/// enough (and the .NET reading of them is still their JSON value) that this heuristic is safe.
-fn is_dotnet_encoding(values: &Map<String, Value>) -> bool {
-    !values.is_empty()
-        && values.values().all(|v| {
-            v.as_str()
-                .filter(|s| !s.is_empty())
-                .and_then(|s| STANDARD.decode(s).ok())
-                .is_some_and(|b| serde_json::from_slice::<Value>(&b).is_ok())
+fn decode_object(header: &str) -> Map<String, Value> {
+    STANDARD
+        .decode(header.trim())
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+        .and_then(|v| match v {
+            Value::Object(m) => Some(m),
+            _ => None,
         })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -101,8 +103,13 @@ mod tests {
     }
 
     #[test]
-    fn reads_dotnet_format() {
-        let s = ConnectionState::decode("eyJyb29tIjoiSW14dlltSjVJZz09IiwibiI6Ik1RPT0ifQ==");
+    fn reads_dotnet_format_when_asked_and_never_guesses() {
+        let dotnet = "eyJyb29tIjoiSW14dlltSjVJZz09IiwibiI6Ik1RPT0ifQ==";
+        assert_eq!(
+            ConnectionState::decode(dotnet).get_str("room"),
+            Some("ImxvYmJ5Ig==")
+        );
+        let s = ConnectionState::decode_dotnet("eyJyb29tIjoiSW14dlltSjVJZz09IiwibiI6Ik1RPT0ifQ==");
         assert_eq!(s.get_str("room"), Some("lobby"));
         assert_eq!(s.get("n"), Some(&json!(1)));
     }

@@ -452,3 +452,22 @@ fn builder_and_parser_agree() {
         assert_eq!(w.event, event);
     }
 }
+
+#[test]
+fn dotnet_state_is_read_only_when_configured() {
+    let h = signed(&[
+        ("ce-type", "azure.webpubsub.sys.connected"),
+        (
+            "ce-connectionState",
+            "eyJyb29tIjoiSW14dlltSjVJZz09IiwibiI6Ik1RPT0ifQ==",
+        ),
+    ]);
+    let express = parser().parse(&h, Bytes::from_static(b"{}")).unwrap();
+    assert_eq!(express.context.state.get_str("room"), Some("ImxvYmJ5Ig=="));
+    let dotnet = parser()
+        .with_dotnet_state(true)
+        .parse(&h, Bytes::from_static(b"{}"))
+        .unwrap();
+    assert_eq!(dotnet.context.state.get_str("room"), Some("lobby"));
+    assert_eq!(dotnet.context.state.get("n"), Some(&json!(1)));
+}

@@ -24,6 +24,10 @@ const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'(')
     .remove(b')');
 
+/// Query values additionally escape `'`, as the SDK sends them; `url` would escape it anyway,
+/// and the JWT `aud` must be the exact URL on the wire.
+const QUERY_VALUE: &AsciiSet = &COMPONENT.add(b'\'');
+
 fn enc(s: &str) -> String {
     utf8_percent_encode(s, COMPONENT).to_string()
 }
@@ -108,6 +112,8 @@ impl std::fmt::Debug for ServiceClient {
 
 struct Call {
     op: &'static str,
+    /// A service-provided absolute URL (a `nextLink`), followed verbatim.
+    next_link: Option<String>,
     method: Method,
     path: String,
     query: Vec<(&'static str, String)>,
@@ -153,6 +159,7 @@ impl ServiceClient {
             path,
             query: Vec::new(),
             body: None,
+            next_link: None,
         }
     }
 
@@ -510,12 +517,13 @@ impl ServiceClient {
         for r in &opts.roles {
             c.query.push(("role", r.clone()));
         }
-        if let Some(m) = opts.minutes_to_expire {
-            c.query.push(("minutesToExpire", m.to_string()));
-        }
+        // The service's defaults, sent explicitly as the SDK does.
+        let minutes = opts.minutes_to_expire.unwrap_or(60);
+        c.query.push(("minutesToExpire", minutes.to_string()));
         for g in &opts.groups {
             c.query.push(("group", g.clone()));
         }
+        c.query.push(("clientType", "Default".to_string()));
         let (_, body) = self.execute(c).await?;
         #[derive(Deserialize)]
         struct T {
@@ -558,23 +566,27 @@ impl ServiceClient {
             let Some(next) = page.next_link.filter(|n| !n.is_empty()) else {
                 return Ok(out);
             };
-            let token = url::Url::parse(&next)
-                .ok()
-                .and_then(|u| {
-                    u.query_pairs()
-                        .find(|(k, _)| k == "continuationToken")
-                        .map(|(_, v)| v.into_owned())
-                })
-                .ok_or_else(|| ServiceError::InvalidResponse {
+            // Follow nextLink as given (the SDK does), but only on our own endpoint: the
+            // request carries a token signed with the access key.
+            let link = url::Url::parse(&next).map_err(|e| ServiceError::InvalidResponse {
+                op: "listConnectionsInGroup",
+                reason: format!("invalid nextLink: {e}"),
+            })?;
+            if link.origin().ascii_serialization() != self.origin {
+                return Err(ServiceError::InvalidResponse {
                     op: "listConnectionsInGroup",
-                    reason: "nextLink without continuationToken".into(),
-                })?;
+                    reason: format!(
+                        "nextLink points to another origin: {}",
+                        link.origin().ascii_serialization()
+                    ),
+                });
+            }
             c = self.call(
                 "listConnectionsInGroup",
                 Method::GET,
-                self.hub_path(&format!("/groups/{}/connections", enc(group))),
+                link.path().to_string(),
             );
-            c.query.push(("continuationToken", token));
+            c.next_link = Some(link.to_string());
         }
     }
 
@@ -595,13 +607,25 @@ impl ServiceClient {
 
     /// Sends with retries. The JWT is minted per attempt, as the SDKs do, over the exact URL sent.
     async fn execute(&self, c: Call) -> Result<(StatusCode, Bytes), ServiceError> {
-        let mut url = format!("{}{}?api-version={API_VERSION}", self.origin, c.path);
-        for (k, v) in &c.query {
-            url.push('&');
-            url.push_str(k);
-            url.push('=');
-            url.push_str(&enc(v));
-        }
+        let url = match &c.next_link {
+            Some(link) => link.clone(),
+            None => {
+                let mut url = format!("{}{}?api-version={API_VERSION}", self.origin, c.path);
+                for (k, v) in &c.query {
+                    url.push('&');
+                    url.push_str(k);
+                    url.push('=');
+                    url.push_str(&utf8_percent_encode(v, QUERY_VALUE).to_string());
+                }
+                url
+            }
+        };
+        // Sign exactly what will be sent: the parsed URL is what reqwest puts on the wire.
+        let url = url::Url::parse(&url).map_err(|e| ServiceError::InvalidResponse {
+            op: c.op,
+            reason: format!("invalid URL: {e}"),
+        })?;
+        let url = url.as_str().to_string();
         let started = Instant::now();
         let mut backoff = self.retry.first_backoff;
         let mut attempt = 0;
