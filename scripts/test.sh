@@ -18,4 +18,10 @@ if [ -f template.yaml ]; then
   echo "cfn-lint template.yaml: ok"
 fi
 
-cargo test --all-targets "$@"
+# Library, binary and integration tests (benches and examples are compiled by clippy in CI).
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --lib --bins --tests "$@" 2>&1 | tee "$log"
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?/) p += $(i-1); if ($i ~ /^failed;?/) f += $(i-1) } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"
