@@ -12,6 +12,7 @@ use axum::routing::{any, get};
 use axum::Router;
 use serde::Deserialize;
 use tower_http::limit::RequestBodyLimitLayer;
+use tracing::Instrument;
 
 use crate::chat::{validate_room, Chat};
 use crate::protocol::{AllowedOrigins, ProtocolError, WebhookParser};
@@ -107,14 +108,17 @@ async fn handle_event(app: &AppState, headers: &HeaderMap, body: Bytes) -> Respo
         connection_id = %hook.context.connection_id,
         ce_id = %hook.context.ce_id,
     );
-    let _enter = span.enter();
-    let response = app.chat.handle(hook).await;
-    tracing::info!(
-        status = response.status().as_u16(),
-        ms = started.elapsed().as_secs_f64() * 1000.0,
-        "webhook handled"
-    );
-    response.map(Body::from)
+    async move {
+        let response = app.chat.handle(hook).await;
+        tracing::info!(
+            status = response.status().as_u16(),
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+            "webhook handled"
+        );
+        response.map(Body::from)
+    }
+    .instrument(span)
+    .await
 }
 
 #[derive(Deserialize)]

@@ -18,6 +18,8 @@
 
 pub mod chat;
 pub mod config;
+pub mod dev;
+pub mod emulator;
 pub mod http;
 pub mod protocol;
 pub mod runtime;

@@ -1,5 +1,6 @@
 use clap::{Parser, Subcommand};
 use hubhook::config::{Config, Defaults, ServeArgs};
+use hubhook::emulator::{handler_for_all, Emulator, EmulatorConfig};
 use hubhook::runtime::{self, Application, Runtime};
 
 #[derive(Parser)]
@@ -21,6 +22,19 @@ enum Command {
     /// Run the event handler (the default; also what Lambda and Azure Functions start).
     Serve(ServeArgs),
     /// Local development: the event handler with zero configuration, loopback only.
+    /// The local Web PubSub emulator alone (clients, webhooks, REST API).
+    Emulator {
+        #[arg(long, env = "HUBHOOK_EMULATOR_PORT", default_value_t = 8080)]
+        port: u16,
+        #[arg(long, env = "HUBHOOK_EMULATOR_BIND", default_value = "127.0.0.1")]
+        bind: String,
+        /// Allow a non-loopback bind address (the access key is public!).
+        #[arg(long)]
+        allow_public: bool,
+        /// Event handler URL template ({hub}, {event}); gets connect, connected, disconnected and all user events.
+        #[arg(long, env = "HUBHOOK_EVENT_HANDLER")]
+        event_handler: Vec<String>,
+    },
     Dev {
         /// Port of the local Web PubSub emulator (the service endpoint).
         #[arg(long, env = "HUBHOOK_EMULATOR_PORT", default_value_t = 8080)]
@@ -85,13 +99,27 @@ async fn run(command: Option<Command>, runtime: Runtime) -> anyhow::Result<()> {
         Command::Dev {
             emulator_port,
             serve: args,
+        } => hubhook::dev::run_dev(emulator_port, &args).await,
+        Command::Emulator {
+            port,
+            bind,
+            allow_public,
+            event_handler,
         } => {
-            let config = Config::from_args(&args, &Defaults::dev(emulator_port))?;
-            if !config.bind.is_loopback() {
-                anyhow::bail!("HUBHOOK_BIND: dev uses a public access key and binds loopback only");
-            }
-            eprintln!("hubhook dev: FOR LOCAL USE ONLY — the access key is the public local-emulator key.");
-            serve(&config, "dev").await
+            let bind: std::net::IpAddr = bind.parse().map_err(|_| {
+                anyhow::anyhow!("HUBHOOK_EMULATOR_BIND: {bind:?} is not an IP address")
+            })?;
+            let mut config = EmulatorConfig::local(
+                port,
+                event_handler.iter().map(|u| handler_for_all(u)).collect(),
+            );
+            config.bind = std::net::SocketAddr::new(bind, port);
+            config.allow_public = allow_public;
+            let emulator = Emulator::bind(config).await?;
+            let addr = emulator.local_addr();
+            println!("hubhook emulator on http://{addr} (public local key: Endpoint=http://localhost;Port={};AccessKey={};Version=1.0;)", addr.port(), hubhook::config::LOCAL_ACCESS_KEY);
+            emulator.run().await?;
+            Ok(())
         }
     }
 }

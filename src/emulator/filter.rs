@@ -1,0 +1,349 @@
+//! The OData filter subset of the REST API's `filter` parameter: identifiers `userId`,
+//! `connectionId`, `groups`; `eq ne gt ge lt le in`, `and or not`, parentheses, string/number/
+//! boolean/null literals, and the string functions `tolower toupper trim length startswith
+//! endswith contains`. Strings compare case-insensitively, as the service documents.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq)]
+enum Expr {
+    Lit(Value),
+    Var(String),
+    List(Vec<Expr>),
+    Not(Box<Expr>),
+    And(Box<Expr>, Box<Expr>),
+    Or(Box<Expr>, Box<Expr>),
+    Cmp(String, Box<Expr>, Box<Expr>),
+    Call(String, Vec<Expr>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Filter(Expr);
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Str(String),
+    Num(f64),
+    Word(String),
+    Open,
+    Close,
+    Comma,
+}
+
+fn lex(s: &str) -> Result<Vec<Tok>, String> {
+    let mut out = Vec::new();
+    let cs: Vec<char> = s.chars().collect();
+    let mut i = 0;
+    while i < cs.len() {
+        let c = cs[i];
+        match c {
+            ' ' | '\t' | '\n' | '\r' => i += 1,
+            '(' => {
+                out.push(Tok::Open);
+                i += 1
+            }
+            ')' => {
+                out.push(Tok::Close);
+                i += 1
+            }
+            ',' => {
+                out.push(Tok::Comma);
+                i += 1
+            }
+            '\'' => {
+                let mut v = String::new();
+                i += 1;
+                loop {
+                    match cs.get(i) {
+                        None => return Err("unterminated string".into()),
+                        Some('\'') if cs.get(i + 1) == Some(&'\'') => {
+                            v.push('\'');
+                            i += 2
+                        }
+                        Some('\'') => {
+                            i += 1;
+                            break;
+                        }
+                        Some(ch) => {
+                            v.push(*ch);
+                            i += 1
+                        }
+                    }
+                }
+                out.push(Tok::Str(v));
+            }
+            c if c.is_ascii_digit() || c == '-' => {
+                let start = i;
+                i += 1;
+                while i < cs.len() && (cs[i].is_ascii_digit() || cs[i] == '.') {
+                    i += 1
+                }
+                let n: String = cs[start..i].iter().collect();
+                out.push(Tok::Num(
+                    n.parse().map_err(|_| format!("bad number {n:?}"))?,
+                ));
+            }
+            c if c.is_alphabetic() => {
+                let start = i;
+                while i < cs.len() && (cs[i].is_alphanumeric() || cs[i] == '_') {
+                    i += 1
+                }
+                out.push(Tok::Word(cs[start..i].iter().collect()));
+            }
+            other => return Err(format!("unexpected character {other:?}")),
+        }
+        if out.len() > 2000 {
+            return Err("filter too long".into());
+        }
+    }
+    Ok(out)
+}
+
+struct Parser {
+    toks: Vec<Tok>,
+    pos: usize,
+    depth: usize,
+}
+
+impl Parser {
+    fn peek_word(&self, w: &str) -> bool {
+        matches!(self.toks.get(self.pos), Some(Tok::Word(x)) if x.eq_ignore_ascii_case(w))
+    }
+    fn next(&mut self) -> Option<Tok> {
+        let t = self.toks.get(self.pos).cloned();
+        self.pos += 1;
+        t
+    }
+    fn or(&mut self) -> Result<Expr, String> {
+        self.depth += 1;
+        if self.depth > 64 {
+            return Err("filter nested too deeply".into());
+        }
+        let mut l = self.and()?;
+        while self.peek_word("or") {
+            self.pos += 1;
+            l = Expr::Or(Box::new(l), Box::new(self.and()?));
+        }
+        self.depth -= 1;
+        Ok(l)
+    }
+    fn and(&mut self) -> Result<Expr, String> {
+        let mut l = self.unary()?;
+        while self.peek_word("and") {
+            self.pos += 1;
+            l = Expr::And(Box::new(l), Box::new(self.unary()?));
+        }
+        Ok(l)
+    }
+    fn unary(&mut self) -> Result<Expr, String> {
+        if self.peek_word("not") {
+            self.pos += 1;
+            return Ok(Expr::Not(Box::new(self.unary()?)));
+        }
+        let l = self.operand()?;
+        for op in ["eq", "ne", "gt", "ge", "lt", "le", "in"] {
+            if self.peek_word(op) {
+                self.pos += 1;
+                let r = self.operand()?;
+                return Ok(Expr::Cmp(op.into(), Box::new(l), Box::new(r)));
+            }
+        }
+        Ok(l)
+    }
+    fn operand(&mut self) -> Result<Expr, String> {
+        match self.next() {
+            Some(Tok::Str(s)) => Ok(Expr::Lit(Value::from(s))),
+            Some(Tok::Num(n)) => Ok(Expr::Lit(
+                serde_json::Number::from_f64(n)
+                    .map(Value::Number)
+                    .unwrap_or(Value::Null),
+            )),
+            Some(Tok::Open) => {
+                let first = self.or()?;
+                let mut items = vec![first];
+                while self.toks.get(self.pos) == Some(&Tok::Comma) {
+                    self.pos += 1;
+                    items.push(self.or()?);
+                }
+                if self.next() != Some(Tok::Close) {
+                    return Err("missing )".into());
+                }
+                Ok(if items.len() == 1 {
+                    items.pop().unwrap_or(Expr::Lit(Value::Null))
+                } else {
+                    Expr::List(items)
+                })
+            }
+            Some(Tok::Word(w)) => match w.to_ascii_lowercase().as_str() {
+                "true" => Ok(Expr::Lit(Value::Bool(true))),
+                "false" => Ok(Expr::Lit(Value::Bool(false))),
+                "null" => Ok(Expr::Lit(Value::Null)),
+                "userid" | "connectionid" | "groups" => Ok(Expr::Var(w.to_ascii_lowercase())),
+                f @ ("tolower" | "toupper" | "trim" | "length" | "startswith" | "endswith"
+                | "contains") => {
+                    if self.next() != Some(Tok::Open) {
+                        return Err(format!("{f} needs ("));
+                    }
+                    let mut args = vec![self.or()?];
+                    while self.toks.get(self.pos) == Some(&Tok::Comma) {
+                        self.pos += 1;
+                        args.push(self.or()?);
+                    }
+                    if self.next() != Some(Tok::Close) {
+                        return Err("missing )".into());
+                    }
+                    Ok(Expr::Call(f.to_string(), args))
+                }
+                other => Err(format!("unknown identifier {other:?}")),
+            },
+            other => Err(format!("unexpected {other:?}")),
+        }
+    }
+}
+
+impl Filter {
+    pub fn parse(s: &str) -> Result<Filter, String> {
+        let mut p = Parser {
+            toks: lex(s)?,
+            pos: 0,
+            depth: 0,
+        };
+        let e = p.or()?;
+        if p.pos != p.toks.len() {
+            return Err(format!("unexpected {:?}", p.toks[p.pos]));
+        }
+        Ok(Filter(e))
+    }
+
+    pub fn eval(&self, vars: &HashMap<&str, Value>) -> bool {
+        eval(&self.0, vars) == Value::Bool(true)
+    }
+}
+
+fn s_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::String(x), Value::String(y)) => x.eq_ignore_ascii_case(y),
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        _ => a == b,
+    }
+}
+
+fn eval(e: &Expr, vars: &HashMap<&str, Value>) -> Value {
+    match e {
+        Expr::Lit(v) => v.clone(),
+        Expr::Var(n) => vars.get(n.as_str()).cloned().unwrap_or(Value::Null),
+        Expr::List(items) => Value::Array(items.iter().map(|i| eval(i, vars)).collect()),
+        Expr::Not(x) => Value::Bool(eval(x, vars) != Value::Bool(true)),
+        Expr::And(a, b) => {
+            Value::Bool(eval(a, vars) == Value::Bool(true) && eval(b, vars) == Value::Bool(true))
+        }
+        Expr::Or(a, b) => {
+            Value::Bool(eval(a, vars) == Value::Bool(true) || eval(b, vars) == Value::Bool(true))
+        }
+        Expr::Cmp(op, a, b) => {
+            let (a, b) = (eval(a, vars), eval(b, vars));
+            let ord = match (&a, &b) {
+                (Value::Number(x), Value::Number(y)) => x.as_f64().partial_cmp(&y.as_f64()),
+                (Value::String(x), Value::String(y)) => {
+                    Some(x.to_lowercase().cmp(&y.to_lowercase()))
+                }
+                _ => None,
+            };
+            Value::Bool(match op.as_str() {
+                "eq" => s_eq(&a, &b),
+                "ne" => !s_eq(&a, &b),
+                "gt" => ord == Some(std::cmp::Ordering::Greater),
+                "ge" => matches!(
+                    ord,
+                    Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
+                ),
+                "lt" => ord == Some(std::cmp::Ordering::Less),
+                "le" => matches!(
+                    ord,
+                    Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
+                ),
+                "in" => b
+                    .as_array()
+                    .is_some_and(|items| items.iter().any(|i| s_eq(&a, i))),
+                _ => false,
+            })
+        }
+        Expr::Call(f, args) => {
+            let v: Vec<Value> = args.iter().map(|a| eval(a, vars)).collect();
+            let s = |i: usize| v.get(i).and_then(Value::as_str).map(str::to_lowercase);
+            match (f.as_str(), s(0), s(1)) {
+                ("tolower", Some(x), _) => Value::from(x),
+                ("toupper", _, _) => v
+                    .first()
+                    .and_then(Value::as_str)
+                    .map(|x| Value::from(x.to_uppercase()))
+                    .unwrap_or(Value::Null),
+                ("trim", _, _) => v
+                    .first()
+                    .and_then(Value::as_str)
+                    .map(|x| Value::from(x.trim()))
+                    .unwrap_or(Value::Null),
+                ("length", _, _) => match v.first() {
+                    Some(Value::String(x)) => Value::from(x.chars().count()),
+                    Some(Value::Array(a)) => Value::from(a.len()),
+                    _ => Value::Null,
+                },
+                ("startswith", Some(x), Some(y)) => Value::Bool(x.starts_with(&y)),
+                ("endswith", Some(x), Some(y)) => Value::Bool(x.ends_with(&y)),
+                ("contains", Some(x), Some(y)) => Value::Bool(x.contains(&y)),
+                _ => Value::Null,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(user: &str, groups: &[&str]) -> HashMap<&'static str, Value> {
+        let mut m = HashMap::new();
+        m.insert("userid", Value::from(user));
+        m.insert("connectionid", Value::from("c1"));
+        m.insert(
+            "groups",
+            Value::from(groups.iter().map(|g| g.to_string()).collect::<Vec<_>>()),
+        );
+        m
+    }
+
+    #[test]
+    fn documented_examples() {
+        let v = vars("alice", &["g1"]);
+        for (f, want) in [
+            ("userId eq 'alice'", true),
+            ("userId eq 'ALICE'", true),
+            ("userId ne 'alice'", false),
+            ("'g1' in groups", true),
+            ("'g2' in groups", false),
+            ("userId in ('a', 'alice') and 'g1' in groups", true),
+            ("not ('g1' in groups) or connectionId eq 'c1'", true),
+            ("startswith(userId, 'al') and length(groups) eq 1", true),
+            ("userId eq 'user''1'", false),
+            ("tolower(userId) eq 'alice'", true),
+        ] {
+            assert_eq!(Filter::parse(f).unwrap().eval(&v), want, "{f}");
+        }
+        assert!(Filter::parse("userId eq 'x''y'")
+            .unwrap()
+            .eval(&vars("x'y", &[])));
+        for bad in [
+            "userId eq",
+            "'unterminated",
+            "bogus eq 1",
+            "(userId eq 'a'",
+            "userId eq 'a' 'b'",
+            "#",
+        ] {
+            assert!(Filter::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Filter::parse(&"(".repeat(500)).is_err());
+    }
+}
