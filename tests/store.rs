@@ -330,6 +330,20 @@ fn local_client(endpoint: &str) -> Client {
     Client::from_conf(conf)
 }
 
+/// The aws-config loader as production uses it, with an explicit endpoint instead of the env.
+fn local_loader(endpoint: &str) -> aws_config::ConfigLoader {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new(
+            "AKIDFAKE",
+            "fakesecret",
+            None,
+            None,
+            "static",
+        ))
+}
+
 async fn raw_item(
     client: &Client,
     table: &str,
@@ -361,20 +375,13 @@ async fn dynamodb_backend() {
     let server = Dynalite::start().await;
     eprintln!("dynalite listening after {:?}", t.elapsed());
 
-    // Through the aws-config loader, as in production (explicit endpoint instead of the env).
-    let loader = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(&server.endpoint)
-        .credentials_provider(Credentials::new(
-            "AKIDFAKE",
-            "fakesecret",
-            None,
-            None,
-            "static",
-        ));
-    let store = connect_with(loader, "messages", DynamoOptions::default())
-        .await
-        .expect("connect");
+    let store = connect_with(
+        local_loader(&server.endpoint),
+        "messages",
+        DynamoOptions::default(),
+    )
+    .await
+    .expect("connect");
     assert_eq!(store.describe(), "dynamodb://messages");
     match store.health().await {
         Err(StoreError::Failed(reason)) => assert!(reason.contains("ResourceNotFound"), "{reason}"),
@@ -386,6 +393,22 @@ async fn dynamodb_backend() {
     eprintln!("ensure_table twice: {:?}", t.elapsed());
 
     suite(Arc::new(store)).await;
+
+    // connect() creating its own table when asked to.
+    let auto = connect_with(
+        local_loader(&server.endpoint),
+        "auto-created",
+        DynamoOptions {
+            create_table_if_missing: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("connect with create_table_if_missing");
+    auto.health().await.expect("auto-created table is ACTIVE");
+    let m = msg("auto", "conn-x", "ce-1", T0, "in the new table");
+    assert!(auto.append(m.clone()).await.unwrap().inserted);
+    assert_eq!(all(&auto, "auto").await, vec![StoredMessage::from_new(&m)]);
 
     // Layout and expiry, read back raw.
     let client = local_client(&server.endpoint);

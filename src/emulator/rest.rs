@@ -38,6 +38,7 @@ fn status(s: StatusCode) -> Response {
     s.into_response()
 }
 
+#[allow(clippy::result_large_err)] // the Err is the ready HTTP response, built once per request
 pub async fn api(
     State(s): State<Arc<Shared>>,
     method: Method,

@@ -68,6 +68,11 @@ pub struct DynamoOptions {
     pub retention_days: Option<u32>,
     /// Upper bound of one store call, retries included.
     pub deadline: Duration,
+    /// [`connect`] / [`connect_with`] run [`DynamoStore::ensure_table`] (create the table if it
+    /// is missing, wait until ACTIVE, enable TTL). For local servers only: production tables
+    /// come from `template.yaml` and the function's role may not create tables.
+    /// [`DynamoStore::from_client`] ignores it (call `ensure_table` yourself).
+    pub create_table_if_missing: bool,
 }
 
 impl Default for DynamoOptions {
@@ -75,6 +80,7 @@ impl Default for DynamoOptions {
         DynamoOptions {
             retention_days: None,
             deadline: Duration::from_secs(5),
+            create_table_if_missing: false,
         }
     }
 }
@@ -122,7 +128,8 @@ pub struct DynamoStore {
 /// Opens the store on `table` with the default AWS configuration: region, credentials and
 /// endpoint (`AWS_ENDPOINT_URL_DYNAMODB`) from the environment/profile. Makes no network call
 /// (credentials are resolved on first use) as long as the region comes from the environment,
-/// as on Lambda; without one, the default chain asks the instance metadata service.
+/// as on Lambda; without one, the default chain asks the instance metadata service. With
+/// [`DynamoOptions::create_table_if_missing`] it also runs [`DynamoStore::ensure_table`].
 pub async fn connect(table: &str, opts: DynamoOptions) -> Result<DynamoStore, StoreError> {
     connect_with(aws_config::defaults(BehaviorVersion::latest()), table, opts).await
 }
@@ -139,7 +146,11 @@ pub async fn connect_with(
             "dynamodb: no AWS region configured (set AWS_REGION)".into(),
         ));
     }
-    Ok(DynamoStore::from_client(Client::new(&shared), table, opts))
+    let store = DynamoStore::from_client(Client::new(&shared), table, opts);
+    if store.opts.create_table_if_missing {
+        store.ensure_table().await?;
+    }
+    Ok(store)
 }
 
 impl DynamoStore {
@@ -714,5 +725,6 @@ mod tests {
         let r = conf.retry_config().unwrap();
         assert_eq!(r.max_attempts(), 5);
         assert_eq!(DynamoOptions::default().deadline, Duration::from_secs(5));
+        assert!(!DynamoOptions::default().create_table_if_missing);
     }
 }
