@@ -15,6 +15,8 @@
 //! * [`runtime`] — chooses AWS Lambda, an Azure Functions custom handler or a plain server, and builds
 //!   everything once per process.
 //! * [`config`] — one validated [`config::Config`] from flags and environment variables.
+//! * [`emulator`] — a local Web PubSub service (client WebSockets, webhooks, REST API) for
+//!   development and tests; [`dev`] runs it beside the chat function (`hubhook dev`).
 
 pub mod chat;
 pub mod config;
