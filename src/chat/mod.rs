@@ -246,6 +246,9 @@ impl Chat {
         }
     }
 
+    /// Broadcasts on a task of its own: once a write is committed, its broadcast must happen even
+    /// if the service gives up on this webhook and the HTTP future is dropped (a retry would find
+    /// the message stored and, rightly, not broadcast it again).
     async fn broadcast(
         &self,
         room: &str,
@@ -261,10 +264,20 @@ impl Chat {
             },
             ..Default::default()
         };
-        self.inner
-            .service
-            .send_to_group(room, &EventData::Json(payload), &opts)
-            .await
+        let service = self.inner.service.clone();
+        let room = room.to_string();
+        tokio::spawn(async move {
+            service
+                .send_to_group(&room, &EventData::Json(payload), &opts)
+                .await
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(crate::service::ServiceError::Network {
+                op: "sendToGroup",
+                reason: format!("broadcast task failed: {e}"),
+            })
+        })
     }
 
     fn too_large(&self) -> String {

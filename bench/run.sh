@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# hubhook beside the official Node stack — the one documented command of issue 6.
+#
+#   bash bench/run.sh            # full run (~10 min of load on 2 cores); writes bench/RESULTS.md
+#   bash bench/run.sh --quick    # smoke run (seconds per workload); writes bench/.run/RESULTS.quick.md
+#
+# Other options go to bench/run.py (--no-pin, --rounds N, --duration S, --warmup S, --cold-runs N,
+# --out PATH). It builds the release binaries, installs the pinned Node peers (`npm ci`, exact
+# versions from bench/package-lock.json), installs wrk with apt-get if it is missing, then runs
+# every workload on loopback only. Never part of the test suite. Run it on an otherwise idle
+# machine: the figures are only as good as the quiet around them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need() {
+  command -v "$1" >/dev/null 2>&1 || { echo "bench/run.sh: '$1' is required but not on PATH" >&2; exit 1; }
+}
+need cargo
+need node
+need npm
+need python3
+
+if ! command -v wrk >/dev/null 2>&1; then
+  echo "bench/run.sh: installing wrk (Debian package)" >&2
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk
+  fi
+fi
+command -v taskset >/dev/null 2>&1 || echo "bench/run.sh: taskset (util-linux) missing: no CPU pinning" >&2
+
+echo "bench/run.sh: cargo build --release --examples --bin hubhook" >&2
+cargo build --release --examples --bin hubhook
+
+# npm ci writes node_modules/.package-lock.json last; skip the reinstall (it compiles
+# better-sqlite3, about a minute) when that marker is newer than the lockfile.
+marker=bench/node_modules/.package-lock.json
+if ! [ -f "$marker" ] || [ "$marker" -ot bench/package-lock.json ]; then
+  echo "bench/run.sh: npm ci in bench/ (pinned by package-lock.json)" >&2
+  (cd bench && npm ci --no-audit --no-fund)
+  touch "$marker"
+fi
+
+BENCH_COMMAND="bash bench/run.sh${*:+ $*}" exec python3 bench/run.py "$@"
