@@ -1,6 +1,6 @@
 use clap::{Parser, Subcommand};
 use hubhook::config::{Config, Defaults, ServeArgs};
-use hubhook::emulator::{handler_for_all, Emulator, EmulatorConfig};
+use hubhook::emulator::{Emulator, EmulatorConfig, HandlerSettings, WebhookLog};
 use hubhook::runtime::{self, Application, Runtime};
 
 #[derive(Parser)]
@@ -21,8 +21,7 @@ struct Cli {
 enum Command {
     /// Run the event handler (the default; also what Lambda and Azure Functions start).
     Serve(ServeArgs),
-    /// Local development: the event handler with zero configuration, loopback only.
-    /// The local Web PubSub emulator alone (clients, webhooks, REST API).
+    /// The local Web PubSub emulator alone (client WebSockets, webhooks, REST API), loopback only.
     Emulator {
         #[arg(long, env = "HUBHOOK_EMULATOR_PORT", default_value_t = 8080)]
         port: u16,
@@ -31,10 +30,12 @@ enum Command {
         /// Allow a non-loopback bind address (the access key is public!).
         #[arg(long)]
         allow_public: bool,
-        /// Event handler URL template ({hub}, {event}); gets connect, connected, disconnected and all user events.
-        #[arg(long, env = "HUBHOOK_EVENT_HANDLER")]
+        /// Event handler `[hub=]url-template` ({hub}, {event} are replaced; no hub: every hub);
+        /// gets connect, connected, disconnected and every user event. Repeatable.
+        #[arg(long, env = "HUBHOOK_EVENT_HANDLER", value_delimiter = ' ')]
         event_handler: Vec<String>,
     },
+    /// Local development: the emulator and the chat function in one process, loopback only.
     Dev {
         /// Port of the local Web PubSub emulator (the service endpoint).
         #[arg(long, env = "HUBHOOK_EMULATOR_PORT", default_value_t = 8080)]
@@ -109,15 +110,26 @@ async fn run(command: Option<Command>, runtime: Runtime) -> anyhow::Result<()> {
             let bind: std::net::IpAddr = bind.parse().map_err(|_| {
                 anyhow::anyhow!("HUBHOOK_EMULATOR_BIND: {bind:?} is not an IP address")
             })?;
-            let mut config = EmulatorConfig::local(
-                port,
-                event_handler.iter().map(|u| handler_for_all(u)).collect(),
-            );
+            let handlers = event_handler
+                .iter()
+                .map(|h| HandlerSettings::parse(h))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| anyhow::anyhow!("HUBHOOK_EVENT_HANDLER: {e}"))?;
+            let mut config = EmulatorConfig::local(port, handlers);
             config.bind = std::net::SocketAddr::new(bind, port);
             config.allow_public = allow_public;
+            config.on_webhook = Some(std::sync::Arc::new(|log: &WebhookLog| println!("  {log}")));
             let emulator = Emulator::bind(config).await?;
             let addr = emulator.local_addr();
-            println!("hubhook emulator on http://{addr} (public local key: Endpoint=http://localhost;Port={};AccessKey={};Version=1.0;)", addr.port(), hubhook::config::LOCAL_ACCESS_KEY);
+            println!("hubhook emulator — FOR LOCAL USE ONLY: the access key is public.");
+            println!("  listening         : http://{addr}");
+            println!("  connection string : {}", emulator.connection_string());
+            if event_handler.is_empty() {
+                println!("  event handlers    : none (connections are accepted without webhooks; add --event-handler URL)");
+            }
+            for h in &event_handler {
+                println!("  event handler     : {h}");
+            }
             emulator.run().await?;
             Ok(())
         }

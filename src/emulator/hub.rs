@@ -1,208 +1,10 @@
-//! What the service keeps per hub: connections, groups, roles, and each connection's outbound
-//! queue (with the reliable protocol's sequence ids and unacked buffer).
+//! What the service keeps per hub: its connections and its groups.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
-use bytes::Bytes;
-use serde_json::{json, Value};
-use tokio::sync::mpsc;
-
-use crate::protocol::{ConnectionState, EventData};
-
-pub const JSON_V1: &str = "json.webpubsub.azure.v1";
-pub const JSON_RELIABLE_V1: &str = "json.reliable.webpubsub.azure.v1";
-
-/// The reliable buffer's limits (client-protocol §6): overflow closes the connection for good.
-const MAX_UNACKED: usize = 1000;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Proto {
-    Json,
-    Reliable,
-    /// No (or a custom) subprotocol: raw frames, every frame a `message` event.
-    Simple,
-}
-
-/// One frame for a client's socket.
-#[derive(Debug, Clone)]
-pub enum Frame {
-    Text(String),
-    Binary(Bytes),
-    Close(u16, String),
-}
-
-/// Where a data message came from, as the JSON protocols tell the client.
-#[derive(Debug, Clone)]
-pub enum Origin {
-    Server,
-    Group {
-        group: String,
-        from_user: Option<String>,
-    },
-}
-
-struct Outbox {
-    tx: Option<mpsc::UnboundedSender<Frame>>,
-    next_seq: u64,
-    unacked: VecDeque<(u64, String)>,
-    /// Bumped on every attach, so a stale detach timer can tell it lost the race.
-    generation: u64,
-    detached_at: Option<Instant>,
-}
-
-pub struct Conn {
-    pub id: String,
-    pub hub: String,
-    pub user_id: Option<String>,
-    pub proto: Proto,
-    pub subprotocol: Option<String>,
-    pub reconnection_token: String,
-    pub roles: Mutex<HashSet<String>>,
-    pub state: Mutex<ConnectionState>,
-    acks: Mutex<HashSet<u64>>,
-    out: Mutex<Outbox>,
-}
-
-impl Conn {
-    pub fn new(
-        id: String,
-        hub: String,
-        user_id: Option<String>,
-        proto: Proto,
-        subprotocol: Option<String>,
-        roles: HashSet<String>,
-        state: ConnectionState,
-    ) -> Conn {
-        Conn {
-            id,
-            hub,
-            user_id,
-            proto,
-            subprotocol,
-            reconnection_token: uuid::Uuid::new_v4().simple().to_string(),
-            roles: Mutex::new(roles),
-            state: Mutex::new(state),
-            acks: Mutex::new(HashSet::new()),
-            out: Mutex::new(Outbox {
-                tx: None,
-                next_seq: 1,
-                unacked: VecDeque::new(),
-                generation: 0,
-                detached_at: None,
-            }),
-        }
-    }
-
-    /// Attaches a socket; for the reliable protocol, replays what the client has not acked.
-    pub fn attach(&self, tx: mpsc::UnboundedSender<Frame>) -> u64 {
-        let mut out = self.out.lock().unwrap();
-        for (_, frame) in &out.unacked {
-            let _ = tx.send(Frame::Text(frame.clone()));
-        }
-        out.tx = Some(tx);
-        out.generation += 1;
-        out.detached_at = None;
-        out.generation
-    }
-
-    /// The socket went away without a final close: keep the connection for recovery.
-    pub fn detach(&self, generation: u64) -> bool {
-        let mut out = self.out.lock().unwrap();
-        if out.generation != generation {
-            return false;
-        }
-        out.tx = None;
-        out.detached_at = Some(Instant::now());
-        true
-    }
-
-    pub fn is_detached_since(&self, generation: u64) -> bool {
-        let out = self.out.lock().unwrap();
-        out.generation == generation && out.tx.is_none()
-    }
-
-    /// A control frame (connected, ack, pong, disconnected): never sequenced or buffered.
-    pub fn send_control(&self, v: Value) {
-        self.send_frame(Frame::Text(v.to_string()));
-    }
-
-    pub fn send_frame(&self, f: Frame) {
-        if let Some(tx) = &self.out.lock().unwrap().tx {
-            let _ = tx.send(f);
-        }
-    }
-
-    /// Delivers a data message in this connection's protocol. Returns false when the reliable
-    /// buffer overflowed (the caller closes the connection).
-    pub fn send_data(&self, origin: &Origin, data: &EventData) -> bool {
-        if self.proto == Proto::Simple {
-            let frame = match data {
-                EventData::Text(s) => Frame::Text(s.clone()),
-                EventData::Json(v) => Frame::Text(v.to_string()),
-                EventData::Binary(b) => Frame::Binary(b.clone()),
-            };
-            self.send_frame(frame);
-            return true;
-        }
-        let (data_type, data) = match data {
-            EventData::Text(s) => ("text", Value::from(s.as_str())),
-            EventData::Json(v) => ("json", v.clone()),
-            EventData::Binary(b) => ("binary", Value::from(B64.encode(b))),
-        };
-        let mut msg = match origin {
-            Origin::Server => {
-                json!({"type": "message", "from": "server", "dataType": data_type, "data": data})
-            }
-            Origin::Group { group, from_user } => {
-                let mut m = json!({"type": "message", "from": "group", "group": group, "dataType": data_type, "data": data});
-                if let Some(u) = from_user {
-                    m["fromUserId"] = u.clone().into();
-                }
-                m
-            }
-        };
-        let mut out = self.out.lock().unwrap();
-        if self.proto == Proto::Reliable {
-            if out.unacked.len() >= MAX_UNACKED {
-                return false;
-            }
-            let seq = out.next_seq;
-            out.next_seq += 1;
-            msg["sequenceId"] = seq.into();
-            let text = msg.to_string();
-            out.unacked.push_back((seq, text.clone()));
-            if let Some(tx) = &out.tx {
-                let _ = tx.send(Frame::Text(text));
-            }
-        } else if let Some(tx) = &out.tx {
-            let _ = tx.send(Frame::Text(msg.to_string()));
-        }
-        true
-    }
-
-    pub fn sequence_ack(&self, upto: u64) {
-        let mut out = self.out.lock().unwrap();
-        while out.unacked.front().is_some_and(|(s, _)| *s <= upto) {
-            out.unacked.pop_front();
-        }
-    }
-
-    /// True the first time an ackId is seen on this connection.
-    pub fn first_ack(&self, ack_id: u64) -> bool {
-        self.acks.lock().unwrap().insert(ack_id)
-    }
-
-    pub fn has_role(&self, permission: &str, group: &str) -> bool {
-        let roles = self.roles.lock().unwrap();
-        roles.contains(&format!("webpubsub.{permission}"))
-            || roles.contains(&format!("webpubsub.{permission}.{group}"))
-    }
-}
+use super::conn::Conn;
 
 #[derive(Default)]
 pub struct HubState {
@@ -242,14 +44,18 @@ impl HubState {
             .collect()
     }
 
+    pub fn all(&self) -> Vec<Arc<Conn>> {
+        self.conns.values().cloned().collect()
+    }
+
+    pub fn get(&self, conn: &str) -> Option<Arc<Conn>> {
+        self.conns.get(conn).cloned()
+    }
+
     pub fn members(&self, group: &str) -> Vec<Arc<Conn>> {
         self.groups
             .get(group)
-            .map(|m| {
-                m.iter()
-                    .filter_map(|c| self.conns.get(c).cloned())
-                    .collect()
-            })
+            .map(|m| m.iter().filter_map(|c| self.get(c)).collect())
             .unwrap_or_default()
     }
 
@@ -262,7 +68,7 @@ impl HubState {
     }
 }
 
-/// Every hub of the emulator.
+/// Every hub of the emulator (hub names are case-insensitive in the service).
 #[derive(Default)]
 pub struct Registry {
     hubs: Mutex<HashMap<String, HubState>>,
@@ -270,12 +76,12 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Runs `f` on the hub (hub names are case-insensitive in the service).
     pub fn with<R>(&self, hub: &str, f: impl FnOnce(&mut HubState) -> R) -> R {
         let mut hubs = self.hubs.lock().unwrap();
         f(hubs.entry(hub.to_ascii_lowercase()).or_default())
     }
 
+    /// CloudEvents ids, unique per emulator process.
     pub fn next_ce_id(&self) -> String {
         (self.ce_ids.fetch_add(1, Ordering::Relaxed) + 1).to_string()
     }

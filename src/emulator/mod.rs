@@ -1,47 +1,91 @@
 //! A local Azure Web PubSub service for development and tests (`hubhook dev`, `hubhook
 //! emulator`): client WebSockets (`json.webpubsub.azure.v1`, `json.reliable.webpubsub.azure.v1`,
-//! plain), CloudEvents webhooks to the hub's event handler, and the REST data-plane API.
+//! plain), CloudEvents webhooks to the hubs' event handlers, and the REST data-plane API.
 //!
-//! It speaks the wire format through the same `protocol` module the handler parses with; the
-//! tests pin it with the official `@azure/web-pubsub-client` and `@azure/web-pubsub` packages.
+//! | file | concept |
+//! |---|---|
+//! | `auth` | client access tokens and REST bearer tokens (JWT, HS256 with the access key) |
+//! | `client` | the client endpoint's handshake: token, blocking `connect` webhook, `101`; recovery |
+//! | `session` | one socket's life: `connected`, the frame loop of each protocol, final close or drop |
+//! | `conn` | one logical connection: roles, state, ackIds, outbound queue with sequence ids |
+//! | `hub` | connections and groups per hub |
+//! | `upstream` | event-handler settings and the webhook calls (abuse protection, signing, timeouts) |
+//! | `rest` | the REST API 2024-12-01, `filter` its OData filters |
+//!
+//! It builds webhooks with the same `protocol` module the handler parses them with; the tests
+//! pin both sides with the official `@azure/web-pubsub-client` and `@azure/web-pubsub` packages.
+//! Behaviour the service leaves open follows Microsoft's emulator (see the README).
 
+mod auth;
 mod client;
+mod conn;
 mod filter;
 mod hub;
 mod rest;
+mod session;
+#[cfg(test)]
+mod tests;
 mod upstream;
 
-use std::collections::HashSet;
+use std::fmt;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::{any, get};
 use axum::Router;
-use serde_json::Value;
 
+pub use client::NOT_RECOVERABLE;
+pub use conn::{JSON_RELIABLE_V1, JSON_V1};
 pub use filter::Filter;
-pub use hub::{JSON_RELIABLE_V1, JSON_V1};
-pub use upstream::HandlerSettings;
+pub use session::MAX_FRAME;
+pub use upstream::{HandlerSettings, WebhookLog, WebhookObserver};
 
+use crate::protocol::{DisconnectedRequest, Event, EventContext, EventData, UserEvent};
 use crate::service::AccessKey;
+use conn::{Conn, Origin, Proto};
+use upstream::UpstreamReply;
 
-#[derive(Debug, Clone)]
+const BUFFER_FULL: &str = "The reliable message buffer is full.";
+
+#[derive(Clone)]
 pub struct EmulatorConfig {
     pub bind: SocketAddr,
     /// Binding a non-loopback address needs this: the default key is public.
     pub allow_public: bool,
     pub access_key: String,
+    /// Event handlers, per hub (`HandlerSettings::hub`, `*` = every hub); the first match wins.
     pub handlers: Vec<HandlerSettings>,
-    /// Per webhook call; a connect handler that takes longer refuses the client.
+    /// Per webhook attempt. A `connect` handler that takes longer refuses the client (500); a
+    /// user-event handler that takes longer gives an `InternalServerError` ack.
     pub upstream_timeout: Duration,
     /// How long a dropped reliable connection waits for its client to recover it.
     pub recovery_window: Duration,
+    /// A client close frame without code 1000 (what `client.stop()` sends) ends a reliable
+    /// connection at once instead of keeping it for recovery (Microsoft's emulator keeps it).
+    pub close_frame_is_final: bool,
     /// `WebHook-Request-Origin` sent to event handlers.
     pub origin: String,
+    /// Told about every webhook call (`hubhook dev` prints one line each).
+    pub on_webhook: Option<WebhookObserver>,
+}
+
+impl fmt::Debug for EmulatorConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmulatorConfig")
+            .field("bind", &self.bind)
+            .field("allow_public", &self.allow_public)
+            .field("handlers", &self.handlers)
+            .field("upstream_timeout", &self.upstream_timeout)
+            .field("recovery_window", &self.recovery_window)
+            .field("close_frame_is_final", &self.close_frame_is_final)
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
 }
 
 impl EmulatorConfig {
+    /// Loopback on `port` (0: any free port), the public local key, these handlers.
     pub fn local(port: u16, handlers: Vec<HandlerSettings>) -> Self {
         EmulatorConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -50,18 +94,34 @@ impl EmulatorConfig {
             handlers,
             upstream_timeout: Duration::from_secs(10),
             recovery_window: Duration::from_secs(30),
+            close_frame_is_final: false,
             origin: "localhost".into(),
+            on_webhook: None,
         }
     }
 }
 
-/// Event-handler settings that send everything to `url` (connect, connected, disconnected, `*`).
+/// Event-handler settings that send every hub's events to `url` (connect, connected,
+/// disconnected, every user event).
 pub fn handler_for_all(url: &str) -> HandlerSettings {
-    HandlerSettings {
-        url_template: url.to_string(),
-        user_event_pattern: "*".into(),
-        system_events: vec!["connect".into(), "connected".into(), "disconnected".into()],
-    }
+    HandlerSettings::all_events("*", url)
+}
+
+/// The connection string for an emulator listening on `addr` with `key` (`localhost` for a
+/// loopback or unspecified address).
+pub fn connection_string(addr: SocketAddr, key: &str) -> String {
+    let host = if addr.ip().is_unspecified() || addr.ip().is_loopback() {
+        "localhost".to_string()
+    } else {
+        match addr.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        }
+    };
+    format!(
+        "Endpoint=http://{host};Port={};AccessKey={key};Version=1.0;",
+        addr.port()
+    )
 }
 
 pub(crate) struct Shared {
@@ -69,81 +129,33 @@ pub(crate) struct Shared {
     upstream: upstream::Upstream,
     key: AccessKey,
     recovery_window: Duration,
-    closing: Mutex<HashSet<String>>,
-}
-
-impl Shared {
-    /// Client tokens: HS256 with the key; `aud` any scheme (SDKs use http(s), the portal once
-    /// used wss) ending in `/client/hubs/{hub}`; `exp` required.
-    fn verify_client_token(&self, token: &str, hub: &str) -> Result<client::Claims, String> {
-        let claims = self.decode(token)?;
-        let aud = claims
-            .get("aud")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let want = format!("/client/hubs/{}", hub.to_ascii_lowercase());
-        if !aud
-            .to_ascii_lowercase()
-            .trim_end_matches('/')
-            .ends_with(&want)
-        {
-            return Err(format!(
-                "token audience {aud:?} is not this hub's client endpoint"
-            ));
-        }
-        Ok(client::claims_of(&claims))
-    }
-
-    /// REST tokens: `aud` is the request URL; the path must match (scheme, host and query may
-    /// differ behind proxies).
-    fn verify_rest_token(&self, headers: &axum::http::HeaderMap, path: &str) -> Result<(), String> {
-        let token = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or("missing bearer token")?;
-        let claims = self.decode(token)?;
-        let aud = claims
-            .get("aud")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let aud_path = url::Url::parse(aud)
-            .map(|u| u.path().to_string())
-            .unwrap_or_default();
-        if aud_path.trim_end_matches('/') != path.trim_end_matches('/') {
-            return Err(format!("token audience does not match {path}"));
-        }
-        Ok(())
-    }
-
-    fn decode(&self, token: &str) -> Result<std::collections::HashMap<String, Value>, String> {
-        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
-        v.validate_aud = false;
-        v.required_spec_claims = ["exp".to_string()].into_iter().collect();
-        v.leeway = 5;
-        jsonwebtoken::decode::<std::collections::HashMap<String, Value>>(
-            token,
-            &jsonwebtoken::DecodingKey::from_secret(self.key.expose().as_bytes()),
-            &v,
-        )
-        .map(|d| d.claims)
-        .map_err(|e| format!("invalid token: {e}"))
-    }
+    close_frame_is_final: bool,
+    upstream_timeout: Duration,
 }
 
 pub struct Emulator {
     listener: tokio::net::TcpListener,
     router: Router,
+    key: String,
 }
 
 impl Emulator {
+    /// Binds `config.bind` (refusing a non-loopback address unless `allow_public`).
     pub async fn bind(config: EmulatorConfig) -> anyhow::Result<Emulator> {
-        if !config.bind.ip().is_loopback() {
-            if !config.allow_public {
-                anyhow::bail!("HUBHOOK_EMULATOR_BIND: the emulator's access key is public; binding {} needs --allow-public", config.bind);
-            }
-            tracing::warn!("emulator listening on {} with a PUBLIC access key: anyone who can reach it can connect", config.bind);
-        }
+        check_bind(&config, config.bind)?;
+        let listener = tokio::net::TcpListener::bind(config.bind)
+            .await
+            .map_err(|e| anyhow::anyhow!("emulator cannot listen on {}: {e}", config.bind))?;
+        Emulator::with_listener(listener, config)
+    }
+
+    /// Serves on a listener bound beforehand (its address wins over `config.bind`): lets a
+    /// caller know the emulator's port before building what its handlers point at.
+    pub fn with_listener(
+        listener: tokio::net::TcpListener,
+        config: EmulatorConfig,
+    ) -> anyhow::Result<Emulator> {
+        check_bind(&config, listener.local_addr()?)?;
         let shared = Arc::new(Shared {
             registry: hub::Registry::default(),
             upstream: upstream::Upstream::new(
@@ -151,10 +163,12 @@ impl Emulator {
                 config.handlers.clone(),
                 config.upstream_timeout,
                 config.origin.clone(),
+                config.on_webhook.clone(),
             ),
             key: AccessKey::new(config.access_key.clone()),
             recovery_window: config.recovery_window,
-            closing: Mutex::new(HashSet::new()),
+            close_frame_is_final: config.close_frame_is_final,
+            upstream_timeout: config.upstream_timeout,
         });
         let router = Router::new()
             .route("/client/hubs/{hub}", get(client::hub_path))
@@ -162,17 +176,255 @@ impl Emulator {
             .route("/client/", get(client::hub_query))
             .route("/api/{*rest}", any(rest::api))
             .with_state(shared);
-        let listener = tokio::net::TcpListener::bind(config.bind)
-            .await
-            .map_err(|e| anyhow::anyhow!("emulator cannot listen on {}: {e}", config.bind))?;
-        Ok(Emulator { listener, router })
+        Ok(Emulator {
+            listener,
+            router,
+            key: config.access_key,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("bound")
     }
 
+    /// `Endpoint=http://…;Port=…;AccessKey=…;Version=1.0;` for this emulator.
+    pub fn connection_string(&self) -> String {
+        connection_string(self.local_addr(), &self.key)
+    }
+
     pub async fn run(self) -> std::io::Result<()> {
         axum::serve(self.listener, self.router).await
+    }
+
+    /// Binds and serves in the background (tests, embedding); stops when the handle is dropped.
+    pub async fn start(config: EmulatorConfig) -> anyhow::Result<EmulatorHandle> {
+        Ok(Emulator::bind(config).await?.spawn())
+    }
+
+    /// Serves in the background; stops when the handle is dropped.
+    pub fn spawn(self) -> EmulatorHandle {
+        let emulator = self;
+        let local_addr = emulator.local_addr();
+        // The literal address: no `localhost` resolution (IPv6 first) in tests.
+        let connection_string = format!(
+            "Endpoint=http://{};Port={};AccessKey={};Version=1.0;",
+            local_addr.ip(),
+            local_addr.port(),
+            emulator.key
+        );
+        let task = tokio::spawn(async move {
+            if let Err(e) = emulator.run().await {
+                tracing::error!("emulator stopped: {e}");
+            }
+        });
+        EmulatorHandle {
+            local_addr,
+            connection_string,
+            task,
+        }
+    }
+}
+
+fn check_bind(config: &EmulatorConfig, addr: SocketAddr) -> anyhow::Result<()> {
+    if !addr.ip().is_loopback() {
+        if !config.allow_public {
+            anyhow::bail!(
+                "the emulator's access key is public: binding {addr} (not loopback) needs --allow-public"
+            );
+        }
+        let warning = format!(
+            "WARNING: the Web PubSub emulator listens on {addr} with a PUBLIC access key: anyone who can reach it can connect, send and manage connections"
+        );
+        eprintln!("{warning}");
+        tracing::warn!("{warning}");
+    }
+    if config.access_key.len() < 32 || config.access_key.contains(';') {
+        anyhow::bail!("the emulator's access key must be at least 32 characters, without ';'");
+    }
+    Ok(())
+}
+
+/// A running emulator; dropping it stops the listener.
+pub struct EmulatorHandle {
+    pub local_addr: SocketAddr,
+    connection_string: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EmulatorHandle {
+    pub fn connection_string(&self) -> &str {
+        &self.connection_string
+    }
+
+    /// `http://ip:port`
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.local_addr)
+    }
+}
+
+impl Drop for EmulatorHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Shared {
+    pub(crate) fn context(
+        &self,
+        hub: &str,
+        id: &str,
+        user: Option<&str>,
+        event: &str,
+        subprotocol: Option<&str>,
+    ) -> EventContext {
+        EventContext {
+            hub: hub.to_string(),
+            connection_id: id.to_string(),
+            user_id: user.map(String::from),
+            event_name: event.to_string(),
+            ce_id: self.registry.next_ce_id(),
+            ce_time: None,
+            subprotocol: subprotocol.map(String::from),
+            // Sent verbatim by `Upstream::call`: the service treats it as an opaque string.
+            state: Default::default(),
+            origin: Some(self.upstream.origin().to_string()),
+            mqtt: None,
+        }
+    }
+
+    pub(crate) fn conn_context(&self, conn: &Conn, event: &str) -> EventContext {
+        self.context(
+            &conn.hub,
+            &conn.id,
+            conn.user_id.as_deref(),
+            event,
+            conn.subprotocol.as_deref(),
+        )
+    }
+
+    /// Sends a user event upstream; Ok is the reply to relay (None: nothing), Err a reason.
+    pub(crate) async fn user_event(
+        &self,
+        conn: &Conn,
+        name: &str,
+        data: EventData,
+    ) -> Result<Option<EventData>, String> {
+        let event = Event::User(UserEvent {
+            name: name.to_string(),
+            data,
+        });
+        if !self.upstream.handles(&conn.hub, &event, name) {
+            return Err(format!("No event handler for user event {name:?}."));
+        }
+        let ctx = self.conn_context(conn, name);
+        let reply = self
+            .upstream
+            .call(&ctx, &event, conn.state().as_deref(), 1)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !reply.status.is_success() {
+            return Err(format!("The event handler answered {}.", reply.status));
+        }
+        conn.set_state(reply.state.clone());
+        reply_data(&reply)
+    }
+
+    /// Removes a connection for good and tells the event handler (once, after `connected`).
+    pub(crate) async fn finish(&self, conn: &Arc<Conn>, reason: &str) {
+        conn.close_with(reason);
+        let removed = self.registry.with(&conn.hub, |h| {
+            let was = h.conns.remove(&conn.id).is_some();
+            h.leave_all(&conn.id);
+            was
+        });
+        if !removed {
+            return;
+        }
+        if let Some(hook) = conn.take_connected_hook() {
+            let _ = tokio::time::timeout(self.upstream_timeout * 4, hook).await;
+        }
+        if self.upstream.handles_system(&conn.hub, "disconnected") {
+            let ctx = self.conn_context(conn, "disconnected");
+            let ev = Event::Disconnected(DisconnectedRequest {
+                reason: Some(reason.to_string()),
+                mqtt: None,
+            });
+            let _ = self
+                .upstream
+                .call(&ctx, &ev, conn.state().as_deref(), 3)
+                .await;
+        }
+    }
+
+    /// Server-initiated close: a `disconnected` message, then close 1008 (the client does not
+    /// try to recover). A connection without a socket ends at once.
+    pub(crate) fn close(self: &Arc<Self>, conn: &Arc<Conn>, reason: &str) {
+        if !conn.close_with(reason) {
+            return;
+        }
+        if conn.proto != Proto::Simple {
+            conn.send_control(
+                serde_json::json!({"type": "system", "event": "disconnected", "message": reason}),
+            );
+        }
+        conn.send_frame(conn::Frame::Close(1008, reason.to_string()));
+        if !conn.is_attached() {
+            let (s, c, r) = (self.clone(), conn.clone(), reason.to_string());
+            tokio::spawn(async move { s.finish(&c, &r).await });
+        }
+    }
+
+    pub(crate) fn send_to_group(
+        self: &Arc<Self>,
+        hub: &str,
+        group: &str,
+        origin: &Origin,
+        data: &EventData,
+        exclude: &[String],
+    ) {
+        let members = self.registry.with(hub, |h| h.members(group));
+        self.deliver(members, origin, data, exclude);
+    }
+
+    pub(crate) fn deliver(
+        self: &Arc<Self>,
+        conns: Vec<Arc<Conn>>,
+        origin: &Origin,
+        data: &EventData,
+        exclude: &[String],
+    ) {
+        for c in conns.into_iter().filter(|c| !exclude.contains(&c.id)) {
+            if c.send_data(origin, data).is_err() {
+                self.close(&c, BUFFER_FULL);
+            }
+        }
+    }
+}
+
+/// A user-event handler's 2xx answer as data for the client (text, JSON, binary by media type).
+fn reply_data(reply: &UpstreamReply) -> Result<Option<EventData>, String> {
+    if reply.status == http::StatusCode::NO_CONTENT || reply.body.is_empty() {
+        return Ok(None);
+    }
+    let media = reply
+        .content_type
+        .as_deref()
+        .unwrap_or("application/octet-stream")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match media.as_str() {
+        "text/plain" => Ok(Some(EventData::Text(
+            String::from_utf8_lossy(&reply.body).into_owned(),
+        ))),
+        "application/json" => serde_json::from_slice(&reply.body)
+            .map(|v| Some(EventData::Json(v)))
+            .map_err(|e| format!("The event handler returned invalid JSON: {e}")),
+        "application/octet-stream" => Ok(Some(EventData::Binary(reply.body.clone()))),
+        other => Err(format!(
+            "The event handler returned unsupported content type {other:?}."
+        )),
     }
 }

@@ -16,8 +16,9 @@ use axum::response::{IntoResponse, Response};
 use percent_encoding::percent_decode_str;
 use serde_json::{json, Value};
 
+use super::auth::verify_rest_token;
+use super::conn::{Conn, Origin};
 use super::filter::Filter;
-use super::hub::{Conn, Origin};
 use super::Shared;
 use crate::protocol::EventData;
 use crate::service::{client_token, ClientTokenOptions, ConnectionString};
@@ -55,10 +56,15 @@ pub async fn api(
                 .collect()
         })
         .unwrap_or_default();
-    if let Err(reason) = s.verify_rest_token(&headers, path) {
+    // The service's health probe needs no token.
+    if path.trim_end_matches('/') == "/api/health" {
+        return status(StatusCode::OK);
+    }
+    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
+    if let Err(reason) = verify_rest_token(&s.key, authorization, path) {
         return error(StatusCode::UNAUTHORIZED, "Unauthorized", &reason);
     }
-    if !query.iter().any(|(k, _)| k == "api-version") && path != "/api/health" {
+    if !query.iter().any(|(k, _)| k == "api-version") {
         return error(
             StatusCode::BAD_REQUEST,
             "BadRequest",
@@ -81,9 +87,6 @@ pub async fn api(
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let m = method.as_str();
 
-    if segs == ["api", "health"] {
-        return status(StatusCode::OK);
-    }
     let ["api", "hubs", hub, rest @ ..] = segs.as_slice() else {
         return error(StatusCode::NOT_FOUND, "NotFound", "no such operation");
     };
@@ -143,10 +146,7 @@ pub async fn api(
         ("POST", [":send"]) => send(
             &s,
             data(),
-            pick(
-                s.registry
-                    .with(hub, |h| h.conns.values().cloned().collect()),
-            ),
+            pick(s.registry.with(hub, |h| h.all())),
             &Origin::Server,
         ),
         ("POST", ["groups", g, ":send"]) => {
@@ -184,14 +184,9 @@ pub async fn api(
             }
             status(StatusCode::NO_CONTENT)
         }
-        ("POST", [":closeConnections"]) => close_all(
-            &s,
-            pick(
-                s.registry
-                    .with(hub, |h| h.conns.values().cloned().collect()),
-            ),
-            &reason,
-        ),
+        ("POST", [":closeConnections"]) => {
+            close_all(&s, pick(s.registry.with(hub, |h| h.all())), &reason)
+        }
         ("POST", ["groups", g, ":closeConnections"]) => {
             close_all(&s, pick(s.registry.with(hub, |h| h.members(g))), &reason)
         }
@@ -271,9 +266,7 @@ pub async fn api(
                     )
                 }
             };
-            let targets: Vec<Arc<Conn>> = s
-                .registry
-                .with(hub, |h| h.conns.values().cloned().collect());
+            let targets: Vec<Arc<Conn>> = s.registry.with(hub, |h| h.all());
             let targets: Vec<Arc<Conn>> = targets
                 .into_iter()
                 .filter(|c| f.as_ref().is_none_or(|f| s.matches(f, c)))
@@ -292,6 +285,8 @@ pub async fn api(
             status(StatusCode::OK)
         }
         ("GET", ["groups", g, "connections"]) => {
+            // Sorted by id; the continuation token is the last id returned, so connections
+            // coming and going between pages neither repeat nor shift the rest.
             let mut members: Vec<(String, Option<String>)> = s
                 .registry
                 .with(hub, |h| h.members(g))
@@ -303,22 +298,37 @@ pub async fn api(
                 .and_then(|v| v.parse::<usize>().ok())
                 .unwrap_or(200)
                 .clamp(1, 200);
-            let start = q("continuationToken")
-                .and_then(|t| t.parse::<usize>().ok())
-                .unwrap_or(0);
-            let slice: Vec<Value> = members
+            let top = q("top").and_then(|v| v.parse::<usize>().ok());
+            let after = q("continuationToken").unwrap_or_default();
+            let rest: Vec<&(String, Option<String>)> = members
                 .iter()
-                .skip(start)
+                .filter(|(c, _)| after.is_empty() || c.as_str() > after.as_str())
+                .take(top.unwrap_or(usize::MAX))
+                .collect();
+            let slice: Vec<Value> = rest
+                .iter()
                 .take(page)
                 .map(|(c, u)| json!({"connectionId": c, "userId": u}))
                 .collect();
             let mut body = json!({"value": slice});
-            if start + page < members.len() {
-                let origin = headers
+            if rest.len() > page {
+                let host = headers
                     .get("host")
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("localhost");
-                body["nextLink"] = format!("http://{origin}{path}?api-version=2024-12-01&maxpagesize={page}&continuationToken={}", start + page).into();
+                let last = &rest[page - 1].0;
+                let mut next = url::Url::parse(&format!("http://{host}{}", uri.path()))
+                    .expect("host and path form a URL");
+                {
+                    let mut qp = next.query_pairs_mut();
+                    qp.append_pair("api-version", &q("api-version").unwrap_or_default());
+                    qp.append_pair("maxpagesize", &page.to_string());
+                    if let Some(t) = top {
+                        qp.append_pair("top", &(t.saturating_sub(page)).to_string());
+                    }
+                    qp.append_pair("continuationToken", last);
+                }
+                body["nextLink"] = next.to_string().into();
             }
             axum::Json(body).into_response()
         }
@@ -395,7 +405,7 @@ fn exists(yes: bool) -> Response {
 }
 
 fn send(
-    s: &Shared,
+    s: &Arc<Shared>,
     data: Result<EventData, Response>,
     conns: Vec<Arc<Conn>>,
     origin: &Origin,
@@ -409,7 +419,7 @@ fn send(
     }
 }
 
-fn close_all(s: &Shared, conns: Vec<Arc<Conn>>, reason: &str) -> Response {
+fn close_all(s: &Arc<Shared>, conns: Vec<Arc<Conn>>, reason: &str) -> Response {
     for c in conns {
         s.close(&c, reason);
     }

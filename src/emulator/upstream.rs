@@ -1,42 +1,124 @@
-//! Calling the hub's event handlers the way the service does: the abuse-protection probe before a
-//! URL's first use, then signed CloudEvents requests built by the shared `protocol` module.
+//! Calling the hubs' event handlers the way the service does: the abuse-protection probe before a
+//! URL's first use, then signed CloudEvents requests built by the shared `protocol` module, with
+//! a timeout per attempt and (for system events) bounded retries.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::HeaderValue;
 use reqwest::StatusCode;
 
-use crate::protocol::{build_webhook, ConnectionState, Event, EventContext};
+use crate::protocol::{build_webhook, Event, EventContext};
 
 /// One entry of a hub's event-handler settings (ARM model: urlTemplate, userEventPattern,
-/// systemEvents). `{hub}` and `{event}` are replaced per event.
-#[derive(Debug, Clone)]
+/// systemEvents). `{hub}` and `{event}` in the template are replaced per event.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandlerSettings {
+    /// The hub this entry serves (case-insensitive), or `*` for every hub.
+    pub hub: String,
     pub url_template: String,
     /// `*` or a comma-separated list of user event names.
     pub user_event_pattern: String,
+    /// Any of `connect`, `connected`, `disconnected`.
     pub system_events: Vec<String>,
 }
 
 impl HandlerSettings {
-    fn matches(&self, event: &Event, name: &str) -> bool {
+    /// Everything to `url_template`: connect, connected, disconnected and every user event.
+    pub fn all_events(hub: &str, url_template: &str) -> HandlerSettings {
+        HandlerSettings {
+            hub: hub.to_string(),
+            url_template: url_template.to_string(),
+            user_event_pattern: "*".into(),
+            system_events: vec!["connect".into(), "connected".into(), "disconnected".into()],
+        }
+    }
+
+    /// `[hub=]url-template` as `hubhook emulator --event-handler` takes it (no hub: every hub).
+    pub fn parse(spec: &str) -> Result<HandlerSettings, String> {
+        let (hub, url) = match spec.split_once('=') {
+            Some((hub, url)) if !hub.contains([':', '/', '?']) => (hub.trim(), url.trim()),
+            _ => ("*", spec.trim()),
+        };
+        let probe = url.replace("{hub}", "hub").replace("{event}", "event");
+        match url::Url::parse(&probe) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {
+                Ok(HandlerSettings::all_events(hub, url))
+            }
+            _ => Err(format!(
+                "{spec:?} is not an http(s) URL template (e.g. http://127.0.0.1:3000/api/{{event}})"
+            )),
+        }
+    }
+
+    fn serves_hub(&self, hub: &str) -> bool {
+        self.hub == "*" || self.hub.eq_ignore_ascii_case(hub)
+    }
+
+    fn matches(&self, hub: &str, event: &Event, name: &str) -> bool {
+        if !self.serves_hub(hub) {
+            return false;
+        }
         match event {
             Event::User(_) => {
                 let p = self.user_event_pattern.trim();
-                p == "*" || p.split(',').any(|n| n.trim() == name)
+                p == "*" || p.split(',').any(|n| n.trim().eq_ignore_ascii_case(name))
             }
-            _ => self.system_events.iter().any(|e| e == name),
+            _ => self
+                .system_events
+                .iter()
+                .any(|e| e.eq_ignore_ascii_case(name)),
         }
     }
 }
+
+/// What one webhook call did, for `hubhook dev`'s one line per webhook.
+#[derive(Debug, Clone)]
+pub struct WebhookLog {
+    pub hub: String,
+    pub event: String,
+    pub connection_id: String,
+    /// None when no HTTP answer came (timeout, unreachable, refused handshake).
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub elapsed: Duration,
+    pub attempt: u32,
+}
+
+impl fmt::Display for WebhookLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let outcome = match (self.status, &self.error) {
+            (Some(s), _) => s.to_string(),
+            (None, Some(e)) => format!("failed ({e})"),
+            (None, None) => "failed".into(),
+        };
+        write!(
+            f,
+            "webhook {:<12} conn={} -> {} in {:.1} ms",
+            self.event,
+            self.connection_id,
+            outcome,
+            self.elapsed.as_secs_f64() * 1000.0
+        )?;
+        if self.attempt > 1 {
+            write!(f, " (attempt {})", self.attempt)?;
+        }
+        Ok(())
+    }
+}
+
+/// Called once per webhook attempt.
+pub type WebhookObserver = Arc<dyn Fn(&WebhookLog) + Send + Sync>;
 
 #[derive(Debug, Clone)]
 pub struct UpstreamReply {
     pub status: StatusCode,
     pub content_type: Option<String>,
-    pub state: Option<ConnectionState>,
+    /// `ce-connectionState` of the answer, verbatim.
+    pub state: Option<String>,
     pub body: Bytes,
 }
 
@@ -54,11 +136,12 @@ pub enum UpstreamError {
 
 pub struct Upstream {
     http: reqwest::Client,
-    keys: Vec<String>,
+    key: String,
     handlers: Vec<HandlerSettings>,
     validated: Mutex<HashSet<String>>,
     timeout: Duration,
     origin: String,
+    observer: Option<WebhookObserver>,
 }
 
 impl Upstream {
@@ -67,6 +150,7 @@ impl Upstream {
         handlers: Vec<HandlerSettings>,
         timeout: Duration,
         origin: String,
+        observer: Option<WebhookObserver>,
     ) -> Upstream {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
@@ -74,11 +158,12 @@ impl Upstream {
             .expect("http client");
         Upstream {
             http,
-            keys: vec![key.to_string()],
+            key: key.to_string(),
             handlers,
             validated: Mutex::new(HashSet::new()),
             timeout,
             origin,
+            observer,
         }
     }
 
@@ -86,45 +171,52 @@ impl Upstream {
         &self.origin
     }
 
-    pub fn handles_system(&self, name: &str) -> bool {
+    pub fn handles_system(&self, hub: &str, name: &str) -> bool {
         self.handlers
             .iter()
-            .any(|h| h.system_events.iter().any(|e| e == name))
+            .any(|h| h.serves_hub(hub) && h.system_events.iter().any(|e| e == name))
     }
 
-    pub fn handles(&self, event: &Event, name: &str) -> bool {
-        self.handlers.iter().any(|h| h.matches(event, name))
+    pub fn handles(&self, hub: &str, event: &Event, name: &str) -> bool {
+        self.handlers.iter().any(|h| h.matches(hub, event, name))
     }
 
-    /// Sends one event; `attempts` > 1 retries network failures and 5xx (system events only).
+    /// Sends one event (the first matching handler wins) with `state` as `ce-connectionState`;
+    /// `attempts` > 1 retries network failures and 5xx (system events only).
     pub async fn call(
         &self,
         ctx: &EventContext,
         event: &Event,
+        state: Option<&str>,
         attempts: u32,
     ) -> Result<UpstreamReply, UpstreamError> {
         let name = ctx.event_name.as_str();
         let handler = self
             .handlers
             .iter()
-            .find(|h| h.matches(event, name))
+            .find(|h| h.matches(&ctx.hub, event, name))
             .ok_or_else(|| UpstreamError::NoHandler(name.to_string()))?;
         let url = handler
             .url_template
             .replace("{hub}", &ctx.hub)
             .replace("{event}", name);
-        self.validate(
-            &handler
-                .url_template
-                .replace("{hub}", &ctx.hub)
-                .replace("{event}", "validate"),
-        )
-        .await?;
-        let (headers, body) = build_webhook(ctx, event, &[&self.keys[0]])
-            .map_err(|e| UpstreamError::Unreachable(format!("cannot build the request: {e}")))?;
+        let validate_url = handler
+            .url_template
+            .replace("{hub}", &ctx.hub)
+            .replace("{event}", "validate");
         let started = Instant::now();
-        let mut last = None;
-        for attempt in 1..=attempts.max(1) {
+        if let Err(e) = self.validate(&validate_url).await {
+            self.observe(ctx, None, Some(e.to_string()), started, 1);
+            return Err(e);
+        }
+        let (mut headers, body) = build_webhook(ctx, event, &[&self.key])
+            .map_err(|e| UpstreamError::Unreachable(format!("cannot build the request: {e}")))?;
+        if let Some(v) = state.and_then(|s| HeaderValue::from_str(s).ok()) {
+            headers.insert("ce-connectionstate", v);
+        }
+        let mut attempt = 1;
+        loop {
+            let started = Instant::now();
             let sent = self
                 .http
                 .post(&url)
@@ -143,36 +235,57 @@ impl Upstream {
                             .map(String::from)
                     };
                     let content_type = h("content-type");
-                    let state = h("ce-connectionstate").map(|s| ConnectionState::decode(&s));
-                    let body = resp.bytes().await.unwrap_or_default();
-                    Ok(UpstreamReply {
-                        status,
-                        content_type,
-                        state,
-                        body,
-                    })
+                    let state = h("ce-connectionstate");
+                    match tokio::time::timeout(self.timeout, resp.bytes()).await {
+                        Ok(Ok(body)) => Ok(UpstreamReply {
+                            status,
+                            content_type,
+                            state,
+                            body,
+                        }),
+                        Ok(Err(e)) => Err(UpstreamError::Unreachable(innermost(&e))),
+                        Err(_) => Err(UpstreamError::Timeout(self.timeout)),
+                    }
                 }
                 Err(e) if e.is_timeout() => Err(UpstreamError::Timeout(self.timeout)),
                 Err(e) => Err(UpstreamError::Unreachable(innermost(&e))),
             };
-            let status = result.as_ref().map(|r| r.status.as_u16()).unwrap_or(0);
-            tracing::info!(
-                target: "hubhook::emulator",
-                "webhook {name:<12} conn={} -> {} in {:.1} ms",
-                ctx.connection_id,
-                if status == 0 { "failed".to_string() } else { status.to_string() },
-                started.elapsed().as_secs_f64() * 1000.0
-            );
-            let retry = attempt < attempts && (status == 0 || status >= 500);
+            let status = result.as_ref().ok().map(|r| r.status.as_u16());
+            let error = result.as_ref().err().map(|e| e.to_string());
+            self.observe(ctx, status, error, started, attempt);
+            let retry = attempt < attempts && status.is_none_or(|s| s >= 500 || s == 408);
             if !retry {
                 return result;
             }
-            last = Some(result);
             tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            attempt += 1;
         }
-        last.unwrap_or_else(|| Err(UpstreamError::Unreachable("no attempt made".into())))
     }
 
+    fn observe(
+        &self,
+        ctx: &EventContext,
+        status: Option<u16>,
+        error: Option<String>,
+        started: Instant,
+        attempt: u32,
+    ) {
+        let log = WebhookLog {
+            hub: ctx.hub.clone(),
+            event: ctx.event_name.clone(),
+            connection_id: ctx.connection_id.clone(),
+            status,
+            error,
+            elapsed: started.elapsed(),
+            attempt,
+        };
+        tracing::debug!(target: "hubhook::emulator", "{log}");
+        if let Some(o) = &self.observer {
+            o(&log);
+        }
+    }
+
+    /// The abuse-protection handshake, once per URL (a failure is retried on the next event).
     async fn validate(&self, url: &str) -> Result<(), UpstreamError> {
         if self.validated.lock().unwrap().contains(url) {
             return Ok(());
@@ -189,7 +302,13 @@ impl Upstream {
             .timeout(self.timeout)
             .send()
             .await
-            .map_err(|e| fail(innermost(&e)))?;
+            .map_err(|e| {
+                if e.is_timeout() {
+                    fail(format!("no answer within {:?}", self.timeout))
+                } else {
+                    fail(innermost(&e))
+                }
+            })?;
         if !resp.status().is_success() {
             return Err(fail(format!("status {}", resp.status())));
         }
@@ -220,4 +339,37 @@ fn innermost(e: &reqwest::Error) -> String {
         cause = next;
     }
     cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{EventData, UserEvent};
+
+    #[test]
+    fn handler_specs_with_and_without_hub() {
+        let h = HandlerSettings::parse("http://127.0.0.1:3000/api/{event}?x=1").unwrap();
+        assert_eq!(h.hub, "*");
+        assert_eq!(h.url_template, "http://127.0.0.1:3000/api/{event}?x=1");
+        let h = HandlerSettings::parse("chat=http://h/{hub}/{event}").unwrap();
+        assert_eq!(h.hub, "chat");
+        assert!(HandlerSettings::parse("tunnel:///x").is_err());
+        assert!(HandlerSettings::parse("not a url").is_err());
+    }
+
+    #[test]
+    fn matching_by_hub_and_event_pattern() {
+        let mut h = HandlerSettings::all_events("Chat", "http://h/");
+        h.user_event_pattern = "message, typing".into();
+        h.system_events = vec!["connect".into()];
+        let user = Event::User(UserEvent {
+            name: "typing".into(),
+            data: EventData::Text(String::new()),
+        });
+        assert!(h.matches("chat", &user, "typing"));
+        assert!(!h.matches("chat", &user, "other"));
+        assert!(!h.matches("lobby", &user, "typing"));
+        assert!(h.matches("CHAT", &Event::Connected, "connect"));
+        assert!(!h.matches("chat", &Event::Connected, "connected"));
+    }
 }
