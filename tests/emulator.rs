@@ -1274,3 +1274,43 @@ async fn plain_client_send_to_group_mode_needs_the_role() {
     })
     .await;
 }
+
+/// What `client.stop()` sends — a close frame without a code — keeps a reliable connection for
+/// recovery by default (as Microsoft's emulator); `close_frame_is_final` ends it at once.
+#[tokio::test]
+async fn close_frame_without_code_on_the_reliable_protocol() {
+    bounded(30, "close without code", async {
+        for is_final in [false, true] {
+            let stack = Stack::start_with(|c| c.close_frame_is_final = is_final).await;
+            let url = stack.client_url("echo", Some(&stack.token("echo", json!({"sub": "s"}))));
+            let (mut ws, id) = json_client(&url, RELIABLE_V1).await;
+            let path = format!("/api/hubs/echo/connections/{id}");
+            step("close", ws.close(None)).await.unwrap();
+            // The server answers the close frame (echoing no code), no error.
+            until_close(&mut ws, "close reply").await;
+            if is_final {
+                eventually("gone at once", async || {
+                    rest(&stack, Method::HEAD, &path, None).await == 404
+                })
+                .await;
+                eventually("disconnected webhook", async || {
+                    stack
+                        .hooks
+                        .count("echo", "azure.webpubsub.sys.disconnected")
+                        == 1
+                })
+                .await;
+            } else {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                assert_eq!(rest(&stack, Method::HEAD, &path, None).await, 200, "kept");
+                assert_eq!(
+                    stack
+                        .hooks
+                        .count("echo", "azure.webpubsub.sys.disconnected"),
+                    0
+                );
+            }
+        }
+    })
+    .await;
+}

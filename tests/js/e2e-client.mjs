@@ -71,6 +71,15 @@ run(async () => {
   await sleep(200);
   check(!groupData(a.seen).includes("quiet"), "alice must not get her noEcho message");
 
+  step("leaveGroup, fireAndForget sendToGroup");
+  await within(a.client.joinGroup("g2"), T, "alice joins g2");
+  await within(b.client.joinGroup("g2"), T, "bob joins g2");
+  await within(a.client.leaveGroup("g2"), T, "alice leaves g2");
+  await b.client.sendToGroup("g2", "g2-after-leave", "text", { fireAndForget: true });
+  await until(() => groupData(b.seen).includes("g2-after-leave"), T, "bob gets his fireAndForget g2 message");
+  await sleep(200);
+  check(!groupData(a.seen).includes("g2-after-leave"), "alice left g2: she must not get it");
+
   step("sendToGroup binary");
   await within(b.client.sendToGroup("g1", new Uint8Array([1, 2, 3]).buffer, "binary"), T, "binary ack");
   await until(() => has(a.seen.group, (m) => m.dataType === "binary" && [...new Uint8Array(m.data)].join() === "1,2,3"), T, "alice gets the bytes");
@@ -146,6 +155,15 @@ run(async () => {
   same(failed.errorDetail?.name, "InternalServerError", "error name for a failing handler");
   await within(e.sendEvent("echo", "still open", "text"), T, "sendEvent after a failure");
   await until(() => has(echoed, (m) => m.data === "still open"), T, "connection kept after the failure");
+  await e.sendEvent("echo", "fire and forget", "text", { fireAndForget: true });
+  await until(() => has(echoed, (m) => m.data === "fire and forget"), T, "fireAndForget event still reaches the handler");
+  const inv = await within(e.invokeEvent("echo", { q: 42 }, "json"), T, "invokeEvent json");
+  same([inv.dataType, inv.data], ["json", { q: 42 }], "invokeEvent result");
+  const invSilent = await within(e.invokeEvent("silent", "s", "text"), T, "invokeEvent answered 204");
+  same(invSilent.data, undefined, "invokeEvent without a reply body");
+  const invFail = await within(e.invokeEvent("fail", "x", "text").then(() => null, (err) => err), T, "invokeEvent to a failing handler");
+  same(invFail?.name, "InvocationError", "invokeEvent failure type");
+  same(invFail?.errorDetail?.name, "InternalServerError", "invokeEvent failure name");
   out.echoed = echoed.length;
 
   step("no role: joinGroup / sendToGroup are Forbidden (the function grants only its room)");

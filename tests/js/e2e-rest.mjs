@@ -145,6 +145,10 @@ run(async () => {
     await u2.got((f) => f.group === "f2" && f.data === "to-f2", "u2 in f2");
     await u3.got((f) => f.group === "f2" && f.data === "to-f2", "u3 in f2");
     await quiet(u1, (f) => f.data === "to-f2", "u1 not in f2");
+    await service.sendToAll("f1-not-u3", { contentType: "text/plain", filter: "'f1' in groups and not(userId eq 'u3')" });
+    await u2.got((f) => f.from === "server" && f.data === "f1-not-u3", "filter on groups");
+    await quiet(u3, (f) => f.data === "f1-not-u3", "filtered out by userId");
+    await quiet(u1, (f) => f.data === "f1-not-u3", "filtered out by groups");
     await service.removeConnectionsFromGroups(["f1", "f2"], "userId eq 'u2'");
     const f2 = [];
     for await (const m of await service.group("f2").listConnections()) f2.push(m.userId);
