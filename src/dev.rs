@@ -31,6 +31,9 @@ pub async fn run_dev(emulator_port: u16, args: &ServeArgs) -> anyhow::Result<()>
         vec![HandlerSettings::all_events(&config.hub, &handler)],
     );
     emu_config.access_key = config.connection_string.access_key.expose().to_string();
+    // On a laptop a closing tab should say "left" at once: a close frame ends the connection.
+    // A dropped socket (no close frame) is still recoverable for 30 s on the reliable protocol.
+    emu_config.close_frame_is_final = true;
     emu_config.on_webhook = Some(Arc::new(|log: &WebhookLog| println!("  {log}")));
     let emulator = Emulator::with_listener(listener, emu_config)?;
     let emu_addr = emulator.local_addr();
