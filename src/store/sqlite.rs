@@ -34,6 +34,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
 ) WITHOUT ROWID;
 ";
 
+/// Writes queued beyond this are refused with 503 instead of growing memory without bound when
+/// the disk cannot keep up; the service (or client) retries later.
+const MAX_QUEUED: usize = 16 * 1024;
+
 /// Appends waiting beyond this are left for the next transaction, bounding commit latency.
 const MAX_BATCH: usize = 512;
 
@@ -44,7 +48,7 @@ enum Write {
 
 pub struct SqliteStore {
     path: PathBuf,
-    writer: mpsc::Sender<Write>,
+    writer: mpsc::SyncSender<Write>,
     readers: Arc<Mutex<Vec<Connection>>>,
 }
 
@@ -81,7 +85,7 @@ impl SqliteStore {
         let writer_conn = open(&path)?;
         writer_conn.execute_batch(SCHEMA).map_err(failed)?;
         let readers = (0..2).map(|_| open(&path)).collect::<Result<Vec<_>, _>>()?;
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(MAX_QUEUED);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || writer_loop(writer_conn, rx))
@@ -116,9 +120,14 @@ impl SqliteStore {
     }
 
     fn submit(&self, w: Write) -> Result<(), StoreError> {
-        self.writer
-            .send(w)
-            .map_err(|_| StoreError::Unavailable("sqlite writer stopped".into()))
+        self.writer.try_send(w).map_err(|e| match e {
+            mpsc::TrySendError::Full(_) => StoreError::Unavailable(format!(
+                "sqlite writer overloaded ({MAX_QUEUED} writes queued)"
+            )),
+            mpsc::TrySendError::Disconnected(_) => {
+                StoreError::Unavailable("sqlite writer stopped".into())
+            }
+        })
     }
 }
 
