@@ -105,8 +105,19 @@ run(async () => {
       req.on("error", reject);
       req.end(body);
     });
-    // connected/disconnected handlers run after the response (fire-and-forget): wait for them.
-    await Promise.race([recorded, new Promise((r) => setTimeout(r, 2000))]);
+    // handleConnect/handleUserEvent record before they answer. onConnected/onDisconnected run
+    // after express has answered (fire-and-forget, after reading the body): wait up to 2 s for
+    // them, but only when express took such an event (exact ce-type, as express matches it, and a
+    // 2xx); everything else (OPTIONS, fall-through, errors) would only wait for nothing.
+    const ceType = [].concat(headers["ce-type"] ?? []).join(",");
+    const afterResponse =
+      ["azure.webpubsub.sys.connected", "azure.webpubsub.sys.disconnected"].includes(ceType) &&
+      resp.status >= 200 && resp.status < 300;
+    if (seen === null && afterResponse) {
+      let timer;
+      await Promise.race([recorded, new Promise((r) => (timer = setTimeout(r, 2000)))]);
+      clearTimeout(timer);
+    }
     const respHeaders = {};
     for (const [k, v] of Object.entries(resp.headers)) {
       if (!["date", "connection", "keep-alive"].includes(k)) respHeaders[k] = v;
