@@ -414,17 +414,23 @@ fn group_of(frame: &Value) -> Result<String, AckError> {
         .ok_or_else(|| AckError::new("BadRequest", "\"group\" must be a non-blank string."))
 }
 
+/// The frame's group, if the connection holds `role` for it (`what` names the action in the error).
+fn permitted_group(conn: &Conn, frame: &Value, role: &str, what: &str) -> Result<String, AckError> {
+    let group = group_of(frame)?;
+    if !conn.has_role(role, &group) {
+        return Err(AckError::new(
+            "Forbidden",
+            format!("The connection has no permission to {what} group {group}."),
+        ));
+    }
+    Ok(group)
+}
+
 fn on_join_leave(s: &Shared, conn: &Conn, frame: &Value, join: bool) -> Result<Outcome, Stop> {
-    let group = match group_of(frame) {
+    let group = match permitted_group(conn, frame, "joinLeaveGroup", "join or leave") {
         Ok(g) => g,
         Err(e) => return Ok(Err(e)),
     };
-    if !conn.has_role("joinLeaveGroup", &group) {
-        return Ok(Err(AckError::new(
-            "Forbidden",
-            format!("The connection has no permission to join or leave group {group}."),
-        )));
-    }
     s.registry.with(&conn.hub, |h| {
         if join {
             h.join(&group, &conn.id)
@@ -436,16 +442,10 @@ fn on_join_leave(s: &Shared, conn: &Conn, frame: &Value, join: bool) -> Result<O
 }
 
 fn on_send_to_group(s: &Arc<Shared>, conn: &Conn, frame: &Value) -> Result<Outcome, Stop> {
-    let group = match group_of(frame) {
+    let group = match permitted_group(conn, frame, "sendToGroup", "send to") {
         Ok(g) => g,
         Err(e) => return Ok(Err(e)),
     };
-    if !conn.has_role("sendToGroup", &group) {
-        return Ok(Err(AckError::new(
-            "Forbidden",
-            format!("The connection has no permission to send to group {group}."),
-        )));
-    }
     let data = match decode_data(frame) {
         Ok(d) => d,
         Err(e) => return Ok(Err(AckError::new("BadRequest", e))),
