@@ -1,14 +1,17 @@
 //! One typed [`Config`] from flags and `WEBPUBSUB_*` / `HUBHOOK_*` environment variables,
 //! validated at start. Every error is one line naming the variable, and never echoes a secret.
+//!
+//! This module is the only place that reads the process environment: the command line (with each
+//! flag's variable), and the variables platforms set ([`Platform::detect`]).
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, Subcommand};
 
-use crate::chat::{validate_room, ChatConfig};
-use crate::protocol::AllowedOrigins;
+use crate::chat::{validate_room, ChatConfig, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_ROOM};
+use crate::protocol::{validate_hub, AllowedOrigins};
 use crate::service::{AccessKey, ConnectionString};
+use crate::store::{OpenOptions, StoreSpec};
 
 /// The public key of local emulators (Microsoft's and ours): never valid on a real resource.
 pub const LOCAL_ACCESS_KEY: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCDEFGH";
@@ -20,10 +23,109 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-fn err(var: &'static str, reason: impl Into<String>) -> ConfigError {
+fn err(var: &'static str, reason: impl ToString) -> ConfigError {
     ConfigError {
         var,
-        reason: reason.into(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The subcommands; `hubhook` with none serves, configured by the environment (how Lambda and
+/// Azure Functions start it).
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the event handler (the default; also what Lambda and Azure Functions start).
+    Serve(ServeArgs),
+    /// The local Web PubSub emulator alone (client WebSockets, webhooks, REST API), loopback only.
+    Emulator(EmulatorArgs),
+    /// Local development: the emulator and the chat function in one process, loopback only.
+    Dev(DevArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EmulatorArgs {
+    #[arg(long, env = "HUBHOOK_EMULATOR_PORT", default_value_t = 8080)]
+    pub port: u16,
+    #[arg(long, env = "HUBHOOK_EMULATOR_BIND", default_value = "127.0.0.1")]
+    pub bind: String,
+    /// Allow a non-loopback bind address (the access key is public!).
+    #[arg(long)]
+    pub allow_public: bool,
+    /// Event handler `[hub=]url-template` ({hub}, {event} are replaced; no hub: every hub);
+    /// gets connect, connected, disconnected and every user event. Repeatable.
+    #[arg(long, env = "HUBHOOK_EVENT_HANDLER", value_delimiter = ' ')]
+    pub event_handler: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DevArgs {
+    /// Port of the local Web PubSub emulator (the service endpoint).
+    #[arg(long, env = "HUBHOOK_EMULATOR_PORT", default_value_t = 8080)]
+    pub emulator_port: u16,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// How logs are written: `pretty` for a person, `json` for a log stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+impl LogFormat {
+    /// `HUBHOOK_LOG_FORMAT`; unset: JSON under Lambda / Azure Functions, pretty elsewhere.
+    pub fn parse(v: Option<&str>, platform: Platform) -> Result<LogFormat, ConfigError> {
+        match v.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("") if platform == Platform::Server => Ok(LogFormat::Pretty),
+            None | Some("") => Ok(LogFormat::Json),
+            Some("json") => Ok(LogFormat::Json),
+            Some("pretty") => Ok(LogFormat::Pretty),
+            Some(other) => Err(err(
+                "HUBHOOK_LOG_FORMAT",
+                format!("expected pretty or json, got {other:?}"),
+            )),
+        }
+    }
+}
+
+/// Which platform started the process, from the variables the platforms set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    /// `AWS_LAMBDA_RUNTIME_API` is set.
+    Lambda,
+    /// `FUNCTIONS_CUSTOMHANDLER_PORT` is set: serve on that port, loopback only.
+    AzureFunctions(u16),
+    Server,
+}
+
+impl Platform {
+    pub fn detect() -> Result<Platform, ConfigError> {
+        if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+            return Ok(Platform::Lambda);
+        }
+        match env_var("FUNCTIONS_CUSTOMHANDLER_PORT")? {
+            Some(p) => Ok(Platform::AzureFunctions(parse_num(
+                "FUNCTIONS_CUSTOMHANDLER_PORT",
+                &p,
+                "a port number",
+            )?)),
+            None => Ok(Platform::Server),
+        }
+    }
+}
+
+/// `RUST_LOG`, if set: the log filter directives (validated where the logger is built).
+pub fn log_filter() -> Result<Option<String>, ConfigError> {
+    Ok(env_var("RUST_LOG")?.filter(|v| !v.trim().is_empty()))
+}
+
+/// One variable, with a clear error for a value that is not UTF-8.
+fn env_var(var: &'static str) -> Result<Option<String>, ConfigError> {
+    match std::env::var(var) {
+        Ok(v) => Ok(Some(v)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(err(var, "is not valid UTF-8")),
     }
 }
 
@@ -82,34 +184,22 @@ pub struct ServeArgs {
     /// `true` turns OFF ce-signature verification. Only for debugging; logged loudly.
     #[arg(long, env = "HUBHOOK_INSECURE_SKIP_SIGNATURE")]
     pub insecure_skip_signature: Option<String>,
+    /// Create a missing DynamoDB table at start (`true`/`false`). Default: true only when
+    /// `AWS_ENDPOINT_URL_DYNAMODB` points at a local DynamoDB-compatible server.
+    #[arg(long, env = "HUBHOOK_CREATE_TABLE")]
+    pub create_table: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreSpec {
-    Sqlite(PathBuf),
-    Dynamo { table: String },
-}
-
-impl StoreSpec {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        if let Some(p) = s.strip_prefix("sqlite://") {
-            if p.is_empty() {
-                return Err("sqlite:// needs a path, e.g. sqlite://hubhook.db".into());
-            }
-            Ok(StoreSpec::Sqlite(PathBuf::from(p)))
-        } else if let Some(t) = s.strip_prefix("dynamodb://") {
-            let ok = (3..=255).contains(&t.len())
-                && t.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-            if !ok {
-                return Err(format!("{t:?} is not a DynamoDB table name"));
-            }
-            Ok(StoreSpec::Dynamo {
-                table: t.to_string(),
-            })
-        } else {
-            Err(format!("{s:?}: expected sqlite://PATH or dynamodb://TABLE"))
+impl ServeArgs {
+    /// `hubhook` with no subcommand (how Lambda and Functions start it): serve, configured by
+    /// the environment alone.
+    pub fn from_env() -> ServeArgs {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            serve: ServeArgs,
         }
+        <Only as clap::Parser>::parse_from(["hubhook"]).serve
     }
 }
 
@@ -124,10 +214,10 @@ pub struct Config {
     pub verify_signatures: bool,
     pub allowed_origins: AllowedOrigins,
     pub store: StoreSpec,
+    pub store_options: OpenOptions,
     pub negotiate_open: bool,
     pub chat: ChatConfig,
     pub event_path: String,
-    pub retention_days: Option<u32>,
     pub dotnet_state: bool,
 }
 
@@ -151,7 +241,9 @@ impl Defaults {
         Defaults {
             port: 8081,
             bind: IpAddr::from([127, 0, 0, 1]),
-            connection_string: Some(format!("Endpoint=http://localhost;Port={emulator_port};AccessKey={LOCAL_ACCESS_KEY};Version=1.0;")),
+            connection_string: Some(
+                ConnectionString::local(emulator_port, LOCAL_ACCESS_KEY).to_secret_string(),
+            ),
         }
     }
 }
@@ -177,149 +269,168 @@ fn parse_num<T: std::str::FromStr>(
         .map_err(|_| err(var, format!("{v:?} is not {what}")))
 }
 
-pub fn validate_hub(hub: &str) -> Result<(), String> {
-    let mut bytes = hub.bytes();
-    let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphabetic());
-    let rest_ok =
-        hub.len() <= 128 && bytes.all(|b| b.is_ascii_alphanumeric() || b"_`,.[]".contains(&b));
-    (first_ok && rest_ok).then_some(()).ok_or_else(|| {
-        format!("{hub:?} is not a hub name (a letter, then up to 127 of A-Z a-z 0-9 _ ` , . [ ])")
-    })
+/// A comma-separated list, trimmed, empty items dropped.
+fn list(v: Option<&str>) -> impl Iterator<Item = &str> {
+    v.into_iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
 }
 
 impl Config {
     pub fn from_args(a: &ServeArgs, d: &Defaults) -> Result<Config, ConfigError> {
-        let port = match &a.port {
-            Some(p) => parse_num("PORT", p, "a port number")?,
-            None => d.port,
-        };
-        let bind = match &a.bind {
-            Some(b) => parse_num("HUBHOOK_BIND", b, "an IP address")?,
-            None => d.bind,
-        };
-        let cs_text = a
-            .connection_string
-            .clone()
-            .or_else(|| d.connection_string.clone())
-            .ok_or_else(|| err("WEBPUBSUB_CONNECTION_STRING", "is required (Endpoint=https://<name>.webpubsub.azure.com;AccessKey=...;Version=1.0;)"))?;
-        let connection_string = ConnectionString::parse(&cs_text)
-            .map_err(|e| err("WEBPUBSUB_CONNECTION_STRING", e.to_string()))?;
+        let connection_string = connection_string(a, d)?;
         let hub = a.hub.clone().unwrap_or_else(|| "chat".into());
         validate_hub(&hub).map_err(|e| err("WEBPUBSUB_HUB", e))?;
-
         let mut signature_keys = vec![connection_string.access_key.clone()];
-        for k in a
-            .access_keys
-            .iter()
-            .flat_map(|s| s.split(','))
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-        {
-            signature_keys.push(AccessKey::new(k));
-        }
-        let verify_signatures = !parse_bool(
-            "HUBHOOK_INSECURE_SKIP_SIGNATURE",
-            a.insecure_skip_signature.as_deref(),
-            false,
-        )?;
+        signature_keys.extend(list(a.access_keys.as_deref()).map(AccessKey::new));
+        Ok(Config {
+            bind: match &a.bind {
+                Some(b) => parse_num("HUBHOOK_BIND", b, "an IP address")?,
+                None => d.bind,
+            },
+            port: match &a.port {
+                Some(p) => parse_num("PORT", p, "a port number")?,
+                None => d.port,
+            },
+            hub,
+            signature_keys,
+            verify_signatures: !parse_bool(
+                "HUBHOOK_INSECURE_SKIP_SIGNATURE",
+                a.insecure_skip_signature.as_deref(),
+                false,
+            )?,
+            allowed_origins: match &a.allowed_origins {
+                Some(s) => {
+                    AllowedOrigins::parse(s).map_err(|e| err("HUBHOOK_ALLOWED_ORIGINS", e))?
+                }
+                None => AllowedOrigins::Hosts(vec![connection_string.host().to_ascii_lowercase()]),
+            },
+            store: StoreSpec::parse(a.store.as_deref().unwrap_or("sqlite://hubhook.db"))
+                .map_err(|e| err("HUBHOOK_STORE", e))?,
+            store_options: store_options(a)?,
+            negotiate_open: negotiate_open(a, &connection_string)?,
+            chat: chat_config(a)?,
+            event_path: event_path(a)?,
+            dotnet_state: dotnet_state(a)?,
+            connection_string,
+        })
+    }
 
-        let allowed_origins = match &a.allowed_origins {
-            Some(s) => AllowedOrigins::parse(s).map_err(|e| err("HUBHOOK_ALLOWED_ORIGINS", e))?,
-            None => AllowedOrigins::Hosts(vec![connection_string.host().to_ascii_lowercase()]),
-        };
-        let store = StoreSpec::parse(a.store.as_deref().unwrap_or("sqlite://hubhook.db"))
-            .map_err(|e| err("HUBHOOK_STORE", e))?;
-        let negotiate_open = match a.negotiate.as_deref().map(str::trim) {
-            None => connection_string.is_loopback(),
-            Some("open") => true,
-            Some("off") => false,
-            Some(other) => {
-                return Err(err(
-                    "HUBHOOK_NEGOTIATE",
-                    format!("expected open or off, got {other:?}"),
-                ))
-            }
-        };
-        let max_message_bytes = match &a.max_message_bytes {
-            Some(v) => parse_num::<usize>("HUBHOOK_MAX_MESSAGE_BYTES", v, "a byte count")?,
-            None => 64 * 1024,
-        };
-        if max_message_bytes == 0 || max_message_bytes > 1024 * 1024 {
-            return Err(err(
-                "HUBHOOK_MAX_MESSAGE_BYTES",
-                "must be between 1 and 1048576",
-            ));
+    /// Under Azure Functions the host tells the port, and only it may call us.
+    pub fn for_platform(mut self, platform: Platform) -> Config {
+        if let Platform::AzureFunctions(port) = platform {
+            self.port = port;
+            self.bind = IpAddr::from([127, 0, 0, 1]);
         }
-        let relay_events: Vec<String> = a
-            .relay_events
-            .iter()
-            .flat_map(|s| s.split(','))
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect();
-        if relay_events.iter().any(|e| e == "message") {
-            return Err(err(
-                "HUBHOOK_RELAY_EVENTS",
-                "\"message\" is the stored chat event and cannot be relayed",
-            ));
-        }
-        let event_path = a
-            .event_path
-            .clone()
-            .unwrap_or_else(|| "/eventhandler".into());
-        if !event_path.starts_with('/')
-            || event_path.len() < 2
-            || event_path.ends_with('/')
-            || event_path.contains(['{', '}', '*', ':'])
-        {
-            return Err(err(
-                "HUBHOOK_EVENT_PATH",
-                format!("{event_path:?} must look like /eventhandler"),
-            ));
-        }
-        let retention_days = a
+        self
+    }
+}
+
+fn connection_string(a: &ServeArgs, d: &Defaults) -> Result<ConnectionString, ConfigError> {
+    const VAR: &str = "WEBPUBSUB_CONNECTION_STRING";
+    let text = a
+        .connection_string
+        .clone()
+        .or_else(|| d.connection_string.clone())
+        .ok_or_else(|| {
+            err(
+                VAR,
+                "is required (Endpoint=https://<name>.webpubsub.azure.com;AccessKey=...;Version=1.0;)",
+            )
+        })?;
+    ConnectionString::parse(&text).map_err(|e| err(VAR, e))
+}
+
+fn store_options(a: &ServeArgs) -> Result<OpenOptions, ConfigError> {
+    let local_dynamo = env_var("AWS_ENDPOINT_URL_DYNAMODB")?.is_some_and(|v| !v.is_empty());
+    Ok(OpenOptions {
+        retention_days: a
             .retention_days
             .as_deref()
             .map(|v| parse_num::<u32>("HUBHOOK_RETENTION_DAYS", v, "a number of days"))
             .transpose()?
-            .filter(|d| *d > 0);
-        let dotnet_state = match a.state_format.as_deref().map(str::trim) {
-            None | Some("express") => false,
-            Some("dotnet") => true,
-            Some(other) => {
-                return Err(err(
-                    "HUBHOOK_STATE_FORMAT",
-                    format!("expected express or dotnet, got {other:?}"),
-                ))
-            }
-        };
-        let default_room = "lobby".to_string();
-        validate_room(&default_room).map_err(|e| err("room", e.to_string()))?;
-        Ok(Config {
-            bind,
-            port,
-            connection_string,
-            hub,
-            signature_keys,
-            verify_signatures,
-            allowed_origins,
-            store,
-            negotiate_open,
-            chat: ChatConfig {
-                allow_anonymous: parse_bool(
-                    "HUBHOOK_ALLOW_ANONYMOUS",
-                    a.allow_anonymous.as_deref(),
-                    false,
-                )?,
-                max_message_bytes,
-                default_room,
-                relay_events,
-            },
-            event_path,
-            retention_days,
-            dotnet_state,
-        })
+            .filter(|d| *d > 0),
+        create_table_if_missing: parse_bool(
+            "HUBHOOK_CREATE_TABLE",
+            a.create_table.as_deref(),
+            local_dynamo,
+        )?,
+    })
+}
+
+/// Open negotiate trusts the caller's `userId`: safe only against a local emulator.
+fn negotiate_open(a: &ServeArgs, cs: &ConnectionString) -> Result<bool, ConfigError> {
+    match a.negotiate.as_deref().map(str::trim) {
+        None => Ok(cs.is_loopback()),
+        Some("open") => Ok(true),
+        Some("off") => Ok(false),
+        Some(other) => Err(err(
+            "HUBHOOK_NEGOTIATE",
+            format!("expected open or off, got {other:?}"),
+        )),
+    }
+}
+
+fn chat_config(a: &ServeArgs) -> Result<ChatConfig, ConfigError> {
+    let max_message_bytes = match &a.max_message_bytes {
+        Some(v) => parse_num::<usize>("HUBHOOK_MAX_MESSAGE_BYTES", v, "a byte count")?,
+        None => DEFAULT_MAX_MESSAGE_BYTES,
+    };
+    if max_message_bytes == 0 || max_message_bytes > 1024 * 1024 {
+        return Err(err(
+            "HUBHOOK_MAX_MESSAGE_BYTES",
+            "must be between 1 and 1048576",
+        ));
+    }
+    let relay_events: Vec<String> = list(a.relay_events.as_deref()).map(String::from).collect();
+    if relay_events.iter().any(|e| e == "message") {
+        return Err(err(
+            "HUBHOOK_RELAY_EVENTS",
+            "\"message\" is the stored chat event and cannot be relayed",
+        ));
+    }
+    debug_assert!(validate_room(DEFAULT_ROOM).is_ok());
+    Ok(ChatConfig {
+        allow_anonymous: parse_bool(
+            "HUBHOOK_ALLOW_ANONYMOUS",
+            a.allow_anonymous.as_deref(),
+            false,
+        )?,
+        max_message_bytes,
+        default_room: DEFAULT_ROOM.to_string(),
+        relay_events,
+    })
+}
+
+fn event_path(a: &ServeArgs) -> Result<String, ConfigError> {
+    let path = a
+        .event_path
+        .clone()
+        .unwrap_or_else(|| "/eventhandler".into());
+    let segment_ok = |b: u8| b.is_ascii_alphanumeric() || b"-._~/".contains(&b);
+    if !path.starts_with('/')
+        || path.len() < 2
+        || path.ends_with('/')
+        || path.contains("//")
+        || !path.bytes().all(segment_ok)
+    {
+        return Err(err(
+            "HUBHOOK_EVENT_PATH",
+            format!("{path:?} must look like /eventhandler (letters, digits, - . _ ~ and /)"),
+        ));
+    }
+    Ok(path)
+}
+
+fn dotnet_state(a: &ServeArgs) -> Result<bool, ConfigError> {
+    match a.state_format.as_deref().map(str::trim) {
+        None | Some("express") => Ok(false),
+        Some("dotnet") => Ok(true),
+        Some(other) => Err(err(
+            "HUBHOOK_STATE_FORMAT",
+            format!("expected express or dotnet, got {other:?}"),
+        )),
     }
 }
 
@@ -408,16 +519,40 @@ mod tests {
             ..args(CS)
         })
         .starts_with("HUBHOOK_ALLOWED_ORIGINS:"));
-        assert!(e(ServeArgs {
-            event_path: Some("x".into()),
-            ..args(CS)
-        })
-        .starts_with("HUBHOOK_EVENT_PATH:"));
+        for bad in ["x", "/a b", "/a/", "/{event}", "/a//b"] {
+            assert!(e(ServeArgs {
+                event_path: Some(bad.into()),
+                ..args(CS)
+            })
+            .starts_with("HUBHOOK_EVENT_PATH:"));
+        }
         let bad_port = e(args("Endpoint=https://x;AccessKey=secretkey123;Port=abc"));
         assert!(
             !bad_port.contains("secretkey123") && bad_port.contains("Port"),
             "{bad_port}"
         );
+    }
+
+    #[test]
+    fn log_format_and_platform() {
+        assert_eq!(
+            LogFormat::parse(None, Platform::Server).unwrap(),
+            LogFormat::Pretty
+        );
+        assert_eq!(
+            LogFormat::parse(None, Platform::Lambda).unwrap(),
+            LogFormat::Json
+        );
+        assert_eq!(
+            LogFormat::parse(Some("JSON"), Platform::Server).unwrap(),
+            LogFormat::Json
+        );
+        let e = LogFormat::parse(Some("xml"), Platform::Server).unwrap_err();
+        assert!(e.to_string().starts_with("HUBHOOK_LOG_FORMAT:"), "{e}");
+        let c = Config::from_args(&args(CS), &Defaults::serve())
+            .unwrap()
+            .for_platform(Platform::AzureFunctions(7071));
+        assert_eq!((c.port, c.bind), (7071, IpAddr::from([127, 0, 0, 1])));
     }
 
     #[test]
@@ -442,7 +577,7 @@ mod tests {
             }
         );
         assert_eq!(c.chat.relay_events, vec!["typing", "reaction"]);
-        assert_eq!(c.retention_days, Some(30));
+        assert_eq!(c.store_options.retention_days, Some(30));
         assert_eq!(c.allowed_origins, AllowedOrigins::Any);
     }
 }

@@ -5,16 +5,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{any, get};
 use axum::Router;
 use serde::Deserialize;
-use tower_http::limit::RequestBodyLimitLayer;
 use tracing::Instrument;
 
-use crate::chat::{validate_room, Chat};
+use crate::chat::{room_roles, validate_room, Chat, RoomError};
 use crate::protocol::{AllowedOrigins, ProtocolError, WebhookParser};
 use crate::service::{client_access, ClientTokenOptions, ConnectionString};
 use crate::store::{StoreError, MAX_PAGE};
@@ -38,58 +38,109 @@ pub fn router(state: Arc<AppState>, event_path: &str) -> Router {
         .route("/negotiate", get(negotiate))
         .route("/api/messages", get(messages))
         .route("/healthz", get(healthz))
-        .fallback(|| async { text(StatusCode::NOT_FOUND, "no such route") })
-        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .fallback(|| async { AppError::NoRoute })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
-fn text(status: StatusCode, reason: &str) -> Response<Body> {
-    let mut r = Response::new(Body::from(format!("{reason}\n")));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        "content-type",
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
+/// Every refusal of this router: one status each, answered as a one-line plain-text reason.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Room(#[from] RoomError),
+    #[error("limit must be 1-{MAX_PAGE}")]
+    Limit,
+    #[error("userId must be 1-128 printable characters")]
+    UserId,
+    #[error("negotiate is off (HUBHOOK_NEGOTIATE=open enables it; put your own auth in front)")]
+    NegotiateOff,
+    #[error("no such route")]
+    NoRoute,
 }
 
-fn protocol_error(e: &ProtocolError) -> Response<Body> {
-    text(e.status(), &e.to_string())
+impl AppError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AppError::Protocol(e) => e.status(),
+            AppError::Store(e) => e.status(),
+            AppError::Room(_) | AppError::Limit | AppError::UserId => StatusCode::BAD_REQUEST,
+            AppError::NegotiateOff | AppError::NoRoute => StatusCode::NOT_FOUND,
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> axum::response::Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(status = status.as_u16(), error = %self, "request failed");
+        }
+        crate::protocol::failure(status, &self.to_string()).map(Body::from)
+    }
 }
 
 async fn webhook(
     State(app): State<Arc<AppState>>,
     method: Method,
     headers: HeaderMap,
-    body: Bytes,
-) -> Response<Body> {
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response<Body>, AppError> {
     match method {
-        Method::OPTIONS => {
-            let origin = headers
-                .get("webhook-request-origin")
-                .and_then(|v| v.to_str().ok());
-            match app.origins.check(origin) {
-                Ok(allowed) => {
-                    tracing::info!(
-                        origin = origin.unwrap_or_default(),
-                        "abuse-protection handshake accepted"
-                    );
-                    let mut r = Response::new(Body::empty());
-                    r.headers_mut().insert(
-                        "webhook-allowed-origin",
-                        HeaderValue::from_str(&allowed).unwrap_or(HeaderValue::from_static("*")),
-                    );
-                    r
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "abuse-protection handshake refused");
-                    protocol_error(&e)
-                }
-            }
+        Method::OPTIONS => handshake(&app, &headers),
+        Method::POST => {
+            let body = webhook_body(&headers, body)?;
+            Ok(handle_event(&app, &headers, body).await)
         }
-        Method::POST => handle_event(&app, &headers, body).await,
-        m => protocol_error(&ProtocolError::MethodNotAllowed(m.to_string())),
+        m => Err(ProtocolError::MethodNotAllowed(m.to_string()).into()),
     }
+}
+
+/// The body, or 413 for one over [`MAX_BODY_BYTES`] (refused by its `content-length` before a
+/// byte is read, or as soon as a chunked body passes the limit).
+fn webhook_body(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ProtocolError> {
+    let too_large = ProtocolError::TooLarge {
+        limit: MAX_BODY_BYTES,
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large);
+    }
+    body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => too_large,
+        _ => ProtocolError::InvalidBody {
+            event: "webhook",
+            reason: e.body_text(),
+        },
+    })
+}
+
+fn handshake(app: &AppState, headers: &HeaderMap) -> Result<Response<Body>, AppError> {
+    let origin = headers
+        .get("webhook-request-origin")
+        .and_then(|v| v.to_str().ok());
+    let allowed = app.origins.check(origin).inspect_err(|e| {
+        tracing::warn!(error = %e, "abuse-protection handshake refused");
+    })?;
+    tracing::info!(
+        origin = origin.unwrap_or_default(),
+        "abuse-protection handshake accepted"
+    );
+    let mut r = Response::new(Body::empty());
+    r.headers_mut().insert(
+        "webhook-allowed-origin",
+        HeaderValue::from_str(&allowed).unwrap_or(HeaderValue::from_static("*")),
+    );
+    Ok(r)
 }
 
 async fn handle_event(app: &AppState, headers: &HeaderMap, body: Bytes) -> Response<Body> {
@@ -98,7 +149,7 @@ async fn handle_event(app: &AppState, headers: &HeaderMap, body: Bytes) -> Respo
         Ok(h) => h,
         Err(e) => {
             tracing::warn!(status = e.status().as_u16(), error = %e, "webhook rejected");
-            return protocol_error(&e);
+            return AppError::from(e).into_response();
         }
     };
     let span = tracing::info_span!(
@@ -112,7 +163,7 @@ async fn handle_event(app: &AppState, headers: &HeaderMap, body: Bytes) -> Respo
         let response = app.chat.handle(hook).await;
         tracing::info!(
             status = response.status().as_u16(),
-            ms = started.elapsed().as_secs_f64() * 1000.0,
+            ms = started.elapsed().as_micros() as f64 / 1000.0,
             "webhook handled"
         );
         response.map(Body::from)
@@ -133,41 +184,28 @@ struct NegotiateQuery {
 async fn negotiate(
     State(app): State<Arc<AppState>>,
     Query(q): Query<NegotiateQuery>,
-) -> Response<Body> {
+) -> Result<Response<Body>, AppError> {
     if !app.negotiate_open {
-        return text(
-            StatusCode::NOT_FOUND,
-            "negotiate is off (HUBHOOK_NEGOTIATE=open enables it; put your own auth in front)",
-        );
+        return Err(AppError::NegotiateOff);
     }
     let room = q
         .room
         .unwrap_or_else(|| app.chat.config().default_room.clone());
-    if let Err(e) = validate_room(&room) {
-        return text(StatusCode::BAD_REQUEST, &e.to_string());
-    }
+    validate_room(&room)?;
     let user_id = match q.user_id.filter(|u| !u.is_empty()) {
         Some(u) if u.len() <= 128 && !u.chars().any(char::is_control) => u,
-        Some(_) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                "userId must be 1-128 printable characters",
-            )
-        }
+        Some(_) => return Err(AppError::UserId),
         None => format!("guest-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
     };
     let opts = ClientTokenOptions {
         user_id: Some(user_id),
-        roles: vec![
-            format!("webpubsub.joinLeaveGroup.{room}"),
-            format!("webpubsub.sendToGroup.{room}"),
-        ],
+        roles: room_roles(&room),
         ..Default::default()
     };
     let mut access = client_access(&app.connection_string, &app.hub, &opts);
     // The connect handler reads the room from the WebSocket URL's query.
     access.url.push_str(&format!("&room={room}"));
-    axum::Json(access).into_response()
+    Ok(axum::Json(access).into_response())
 }
 
 #[derive(Deserialize)]
@@ -180,49 +218,25 @@ struct HistoryQuery {
 async fn messages(
     State(app): State<Arc<AppState>>,
     Query(q): Query<HistoryQuery>,
-) -> Response<Body> {
+) -> Result<Response<Body>, AppError> {
     let room = q
         .room
         .unwrap_or_else(|| app.chat.config().default_room.clone());
-    if let Err(e) = validate_room(&room) {
-        return text(StatusCode::BAD_REQUEST, &e.to_string());
-    }
+    validate_room(&room)?;
     let limit = match q.limit.as_deref().map(str::parse::<usize>) {
         None => 50,
         Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
-        Some(_) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                &format!("limit must be 1-{MAX_PAGE}"),
-            )
-        }
+        Some(_) => return Err(AppError::Limit),
     };
-    match app
+    let page = app
         .chat
         .store()
         .history(&room, limit, q.before.as_deref().filter(|b| !b.is_empty()))
-        .await
-    {
-        Ok(page) => axum::Json(page).into_response(),
-        Err(e) => store_error(&e),
-    }
+        .await?;
+    Ok(axum::Json(page).into_response())
 }
 
-async fn healthz(State(app): State<Arc<AppState>>) -> Response<Body> {
-    match app.chat.store().health().await {
-        Ok(()) => text(StatusCode::OK, "ok"),
-        Err(e) => store_error(&e),
-    }
-}
-
-fn store_error(e: &StoreError) -> Response<Body> {
-    let status = match e {
-        StoreError::BadCursor => StatusCode::BAD_REQUEST,
-        StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        StoreError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    if status.is_server_error() {
-        tracing::error!(error = %e, "store failure");
-    }
-    text(status, &e.to_string())
+async fn healthz(State(app): State<Arc<AppState>>) -> Result<Response<Body>, AppError> {
+    app.chat.store().health().await?;
+    Ok((StatusCode::OK, "ok").into_response())
 }

@@ -20,7 +20,6 @@
 
 pub mod chat;
 pub mod config;
-pub mod dev;
 pub mod emulator;
 pub mod http;
 pub mod protocol;

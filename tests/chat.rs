@@ -306,12 +306,12 @@ async fn signatures_are_required_and_both_keys_rotate() {
     let r = app.send(c(), message("x"), &[]).await;
     assert_eq!(
         (r.status().as_u16(), r.text().await.unwrap()),
-        (401, "missing ce-signature\n".to_string())
+        (401, "missing ce-signature".to_string())
     );
     let r = app.send(c(), message("x"), &["not-a-key"]).await;
     assert_eq!(
         (r.status().as_u16(), r.text().await.unwrap()),
-        (401, "signature validation failed\n".to_string())
+        (401, "signature validation failed".to_string())
     );
     assert_eq!(
         app.send(

@@ -325,7 +325,7 @@ async fn lambda_function_url_flow_on_dynamodb() {
     )))
     .await;
     assert_eq!(v["statusCode"], 401);
-    assert_eq!(body_of(&v), b"signature validation failed\n");
+    assert_eq!(body_of(&v), b"signature validation failed");
 
     // the connection string was read from Secrets Manager exactly once, at cold start
     let asked = asked.lock().unwrap().clone();

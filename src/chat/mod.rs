@@ -5,22 +5,29 @@
 //! fails the event (the sender sees it) and broadcasts nothing; a broadcast failure after the
 //! write is logged and reported in the reply, and the message stays stored.
 
+mod error;
 mod notice;
 mod room;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Response, StatusCode};
+use http::Response;
 use serde_json::{json, Value};
 
 use crate::protocol::{
     self, ConnectRequest, ConnectResponse, ConnectionState, EventContext, EventData, Webhook,
 };
 use crate::service::{SendOptions, ServiceClient};
-use crate::store::{NewMessage, SharedStore, StoreError};
+use crate::store::{NewMessage, SharedStore};
+pub use error::{BroadcastError, ChatError, MessageError};
 pub use notice::Notice;
-pub use room::{validate_room, RoomError};
+pub use room::{room_roles, validate_room, RoomError};
+
+/// The room of a connection that names none, and of history and negotiate calls without `room`.
+pub const DEFAULT_ROOM: &str = "lobby";
+/// The largest chat message accepted unless `HUBHOOK_MAX_MESSAGE_BYTES` says otherwise.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// State keys (express format, so the state stays readable by other handlers).
 const STATE_ROOM: &str = "room";
@@ -47,8 +54,8 @@ impl Default for ChatConfig {
     fn default() -> Self {
         ChatConfig {
             allow_anonymous: false,
-            max_message_bytes: 64 * 1024,
-            default_room: "lobby".into(),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            default_room: DEFAULT_ROOM.into(),
             relay_events: Vec::new(),
         }
     }
@@ -86,41 +93,52 @@ impl Chat {
 
     pub async fn handle(&self, hook: Webhook) -> Response<Bytes> {
         let ctx = &hook.context;
-        match hook.event {
-            protocol::Event::Connect(req) => self.connect(ctx, &req),
+        match &hook.event {
+            protocol::Event::Connect(req) => self.connect(ctx, req),
+            event => self
+                .on_event(ctx, event)
+                .await
+                .unwrap_or_else(|e| e.into_response(None)),
+        }
+    }
+
+    /// A connect refusal is a rejection the client sees (with a CONNACK code for MQTT).
+    fn connect(&self, ctx: &EventContext, req: &ConnectRequest) -> Response<Bytes> {
+        self.try_connect(ctx, req)
+            .unwrap_or_else(|e| e.into_response(mqtt_of(ctx, req)))
+    }
+
+    async fn on_event(
+        &self,
+        ctx: &EventContext,
+        event: &protocol::Event,
+    ) -> Result<Response<Bytes>, ChatError> {
+        match event {
+            protocol::Event::Connect(_) => unreachable!("connect is answered by Chat::connect"),
             protocol::Event::Connected => self.notice(ctx, Notice::Joined).await,
             protocol::Event::Disconnected(_) => self.notice(ctx, Notice::Left).await,
             protocol::Event::User(ev) if ev.name == "message" => self.message(ctx, &ev.data).await,
             protocol::Event::User(ev) if self.inner.config.relay_events.contains(&ev.name) => {
                 self.relay(ctx, &ev.name, &ev.data).await
             }
-            protocol::Event::User(ev) => protocol::failure(
-                StatusCode::BAD_REQUEST,
-                &format!(
-                    "unsupported event {:?} (set HUBHOOK_RELAY_EVENTS to relay it)",
-                    ev.name
-                ),
-            ),
+            protocol::Event::User(ev) => Err(ChatError::UnsupportedEvent(ev.name.clone())),
         }
     }
 
-    fn connect(&self, ctx: &EventContext, req: &ConnectRequest) -> Response<Bytes> {
-        let reject =
-            |status, reason: &str| protocol::connect_rejection(status, reason, mqtt_of(ctx, req));
+    fn try_connect(
+        &self,
+        ctx: &EventContext,
+        req: &ConnectRequest,
+    ) -> Result<Response<Bytes>, ChatError> {
         // ce-userId is what the service took from the verified token; the query is the client's.
         let user = ctx.user_id.clone();
         if user.is_none() && !self.inner.config.allow_anonymous {
-            return reject(
-                StatusCode::UNAUTHORIZED,
-                "anonymous connections are not allowed",
-            );
+            return Err(ChatError::Anonymous);
         }
         let room = req
             .first_query("room")
             .unwrap_or(&self.inner.config.default_room);
-        if let Err(e) = validate_room(room) {
-            return reject(StatusCode::BAD_REQUEST, &e.to_string());
-        }
+        validate_room(room)?;
         let mut state = ctx.state.clone();
         state.set(STATE_ROOM, room);
         let send_rooms = token_send_rooms(req);
@@ -137,16 +155,13 @@ impl Chat {
                 None
             })
             .cloned();
-        ConnectResponse {
+        Ok(ConnectResponse {
             user_id: user,
             groups: vec![room.to_string()],
-            roles: vec![
-                format!("webpubsub.joinLeaveGroup.{room}"),
-                format!("webpubsub.sendToGroup.{room}"),
-            ],
+            roles: room_roles(room),
             subprotocol,
         }
-        .into_response(Some(&state))
+        .into_response(Some(&state)))
     }
 
     fn home_room<'a>(&'a self, ctx: &'a EventContext) -> &'a str {
@@ -155,42 +170,33 @@ impl Chat {
             .unwrap_or(&self.inner.config.default_room)
     }
 
-    async fn notice(&self, ctx: &EventContext, kind: Notice) -> Response<Bytes> {
+    async fn notice(&self, ctx: &EventContext, kind: Notice) -> Result<Response<Bytes>, ChatError> {
         let room = self.home_room(ctx);
-        match self
+        if !self
             .inner
             .store
             .claim_delivery(&ctx.connection_id, &ctx.ce_id)
-            .await
+            .await?
         {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::info!(ce_id = %ctx.ce_id, "retried {} event: notice already sent", kind.event());
-                return protocol::notification_ack();
-            }
-            Err(e) => return store_failure(&e),
+            tracing::info!(ce_id = %ctx.ce_id, "retried {} event: notice already sent", kind.event());
+            return Ok(protocol::notification_ack());
         }
         let payload = kind.payload(room, ctx, &event_time(ctx));
-        match self
-            .broadcast(room, payload, &ctx.connection_id, false)
+        self.broadcast(room, payload, &ctx.connection_id, false)
             .await
-        {
-            Ok(()) => protocol::notification_ack(),
-            Err(e) => {
-                tracing::error!(ce_id = %ctx.ce_id, error = %e, "{} notice not delivered", kind.event());
-                protocol::failure(
-                    StatusCode::BAD_GATEWAY,
-                    &format!("{} notice not delivered: {e}", kind.event()),
-                )
-            }
-        }
+            .map_err(|source| ChatError::NoticeNotDelivered {
+                event: kind.event(),
+                source,
+            })?;
+        Ok(protocol::notification_ack())
     }
 
-    async fn message(&self, ctx: &EventContext, data: &EventData) -> Response<Bytes> {
-        let (text, room) = match self.parse_message(ctx, data) {
-            Ok(v) => v,
-            Err(reason) => return protocol::failure(StatusCode::BAD_REQUEST, &reason),
-        };
+    async fn message(
+        &self,
+        ctx: &EventContext,
+        data: &EventData,
+    ) -> Result<Response<Bytes>, ChatError> {
+        let (text, room) = self.parse_message(ctx, data)?;
         let new = NewMessage {
             room: room.clone(),
             connection_id: ctx.connection_id.clone(),
@@ -199,10 +205,7 @@ impl Chat {
             text,
             at_ms: event_time_ms(ctx),
         };
-        let appended = match self.inner.store.append(new).await {
-            Ok(a) => a,
-            Err(e) => return store_failure(&e),
-        };
+        let appended = self.inner.store.append(new).await?;
         let m = &appended.message;
         let mut reply = json!({ "type": "stored", "id": m.id, "room": m.room, "stored": true });
         if !appended.inserted {
@@ -221,29 +224,32 @@ impl Chat {
                 reply["error"] = format!("broadcast failed: {e}").into();
             }
         }
-        protocol::user_event_reply(Some(&EventData::Json(reply)), None)
+        Ok(protocol::user_event_reply(
+            Some(&EventData::Json(reply)),
+            None,
+        ))
     }
 
-    async fn relay(&self, ctx: &EventContext, event: &str, data: &EventData) -> Response<Bytes> {
+    async fn relay(
+        &self,
+        ctx: &EventContext,
+        event: &str,
+        data: &EventData,
+    ) -> Result<Response<Bytes>, ChatError> {
         if data.len() > self.inner.config.max_message_bytes {
-            return protocol::failure(StatusCode::BAD_REQUEST, &self.too_large());
+            return Err(self.too_large().into());
         }
         let data = match data {
             EventData::Text(s) => Value::from(s.as_str()),
             EventData::Json(v) => v.clone(),
-            EventData::Binary(_) => {
-                return protocol::failure(StatusCode::BAD_REQUEST, "binary data is not relayed")
-            }
+            EventData::Binary(_) => return Err(MessageError::BinaryRelay.into()),
         };
         let room = self.home_room(ctx);
         let payload = json!({ "type": event, "room": room, "from": ctx.user_id, "data": data, "at": event_time(ctx) });
-        match self
-            .broadcast(room, payload, &ctx.connection_id, true)
+        self.broadcast(room, payload, &ctx.connection_id, true)
             .await
-        {
-            Ok(()) => protocol::user_event_reply(None, None),
-            Err(e) => protocol::failure(StatusCode::BAD_GATEWAY, &format!("relay failed: {e}")),
-        }
+            .map_err(ChatError::RelayFailed)?;
+        Ok(protocol::user_event_reply(None, None))
     }
 
     /// Broadcasts on a task of its own: once a write is committed, its broadcast must happen even
@@ -255,7 +261,7 @@ impl Chat {
         payload: Value,
         sender: &str,
         exclude_sender: bool,
-    ) -> Result<(), crate::service::ServiceError> {
+    ) -> Result<(), BroadcastError> {
         let opts = SendOptions {
             excluded: if exclude_sender {
                 vec![sender.to_string()]
@@ -271,20 +277,14 @@ impl Chat {
                 .send_to_group(&room, &EventData::Json(payload), &opts)
                 .await
         })
-        .await
-        .unwrap_or_else(|e| {
-            Err(crate::service::ServiceError::Network {
-                op: "sendToGroup",
-                reason: format!("broadcast task failed: {e}"),
-            })
-        })
+        .await??;
+        Ok(())
     }
 
-    fn too_large(&self) -> String {
-        format!(
-            "message exceeds {} bytes",
-            self.inner.config.max_message_bytes
-        )
+    fn too_large(&self) -> MessageError {
+        MessageError::TooLarge {
+            limit: self.inner.config.max_message_bytes,
+        }
     }
 
     /// Text from a text frame, a JSON string, or `{"text": .., "room"?: ..}`.
@@ -292,7 +292,7 @@ impl Chat {
         &self,
         ctx: &EventContext,
         data: &EventData,
-    ) -> Result<(String, String), String> {
+    ) -> Result<(String, String), MessageError> {
         let home = self.home_room(ctx);
         let (text, room) = match data {
             EventData::Text(s) => (s.clone(), None),
@@ -300,25 +300,21 @@ impl Chat {
             EventData::Json(Value::Object(o)) => {
                 let text = match o.get("text") {
                     Some(Value::String(s)) => s.clone(),
-                    Some(_) => return Err("\"text\" must be a string".into()),
-                    None => return Err("JSON message needs a \"text\" field".into()),
+                    Some(_) => return Err(MessageError::TextNotString),
+                    None => return Err(MessageError::NoText),
                 };
                 let room = match o.get("room") {
                     None | Some(Value::Null) => None,
                     Some(Value::String(r)) => Some(r.clone()),
-                    Some(_) => return Err("\"room\" must be a string".into()),
+                    Some(_) => return Err(MessageError::RoomNotString),
                 };
                 (text, room)
             }
-            EventData::Json(_) => {
-                return Err("JSON message must be a string or an object with \"text\"".into())
-            }
-            EventData::Binary(_) => {
-                return Err("binary messages are not supported; send text or JSON".into())
-            }
+            EventData::Json(_) => return Err(MessageError::NotTextOrObject),
+            EventData::Binary(_) => return Err(MessageError::Binary),
         };
         if text.trim().is_empty() {
-            return Err("empty message".into());
+            return Err(MessageError::Empty);
         }
         if text.len() > self.inner.config.max_message_bytes {
             return Err(self.too_large());
@@ -327,24 +323,15 @@ impl Chat {
             None => home.to_string(),
             Some(r) if r == home => r,
             Some(r) => {
-                validate_room(&r).map_err(|e| e.to_string())?;
+                validate_room(&r)?;
                 if !may_send_to(&ctx.state, &r) {
-                    return Err(format!("no permission to send to room {r:?}"));
+                    return Err(MessageError::NoPermission(r));
                 }
                 r
             }
         };
         Ok((text, room))
     }
-}
-
-fn store_failure(e: &StoreError) -> Response<Bytes> {
-    let status = match e {
-        StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    tracing::error!(error = %e, "store failure");
-    protocol::failure(status, &e.to_string())
 }
 
 fn mqtt_of<'a>(

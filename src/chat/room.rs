@@ -20,6 +20,14 @@ pub fn validate_room(room: &str) -> Result<(), RoomError> {
     Ok(())
 }
 
+/// The roles a member of `room` gets: join/leave it and send to it.
+pub fn room_roles(room: &str) -> Vec<String> {
+    vec![
+        format!("webpubsub.joinLeaveGroup.{room}"),
+        format!("webpubsub.sendToGroup.{room}"),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -116,9 +116,11 @@ fn message_rules() {
     );
     assert!(ok(EventData::Text("   ".into()))
         .unwrap_err()
+        .to_string()
         .contains("empty"));
     assert!(ok(EventData::Text("x".repeat(11)))
         .unwrap_err()
+        .to_string()
         .contains("exceeds 10 bytes"));
     assert!(ok(EventData::Json(json!({"text":5}))).is_err());
     assert!(ok(EventData::Json(json!({"body":"x"}))).is_err());
@@ -126,6 +128,7 @@ fn message_rules() {
     assert!(ok(EventData::Binary(bytes::Bytes::from_static(b"x"))).is_err());
     assert!(ok(EventData::Json(json!({"text":"hi","room":"other"})))
         .unwrap_err()
+        .to_string()
         .contains("no permission"));
     assert!(ok(EventData::Json(json!({"text":"hi","room":"bad room"}))).is_err());
 

@@ -6,6 +6,14 @@
 
 use super::ProtocolError;
 
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OriginsError {
+    #[error("{0:?} is not a host name")]
+    NotAHost(String),
+    #[error("empty list (use * to allow any origin)")]
+    Empty,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AllowedOrigins {
     /// `*`: any Web PubSub resource may send events (signatures are still checked).
@@ -17,7 +25,7 @@ pub enum AllowedOrigins {
 impl AllowedOrigins {
     /// Parses `*` or a comma-separated list of hosts or URLs (`https://x.webpubsub.azure.com` is
     /// reduced to its host, as the service sends only the host).
-    pub fn parse(spec: &str) -> Result<Self, String> {
+    pub fn parse(spec: &str) -> Result<Self, OriginsError> {
         let mut hosts = Vec::new();
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             if item == "*" {
@@ -28,12 +36,12 @@ impl AllowedOrigins {
                 _ => item.trim_end_matches('/').to_string(),
             };
             if host.is_empty() || host.contains(['/', ' ']) {
-                return Err(format!("{item:?} is not a host name"));
+                return Err(OriginsError::NotAHost(item.to_string()));
             }
             hosts.push(host.to_ascii_lowercase());
         }
         if hosts.is_empty() {
-            return Err("empty list (use * to allow any origin)".into());
+            return Err(OriginsError::Empty);
         }
         Ok(AllowedOrigins::Hosts(hosts))
     }

@@ -5,6 +5,7 @@
 mod error;
 mod event;
 mod handshake;
+mod hub;
 mod outgoing;
 mod response;
 mod signature;
@@ -12,7 +13,8 @@ mod state;
 
 pub use error::ProtocolError;
 pub use event::*;
-pub use handshake::AllowedOrigins;
+pub use handshake::{AllowedOrigins, OriginsError};
+pub use hub::{validate_hub, HubError};
 pub use outgoing::{build_webhook, now_rfc3339};
 pub use response::*;
 pub use signature::{sign, SignatureVerifier};

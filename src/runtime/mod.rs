@@ -1,5 +1,11 @@
-//! Picking and starting the runtime: AWS Lambda (`AWS_LAMBDA_RUNTIME_API`), an Azure Functions
-//! custom handler (`FUNCTIONS_CUSTOMHANDLER_PORT`), or a plain server.
+//! All process wiring: which platform started us (AWS Lambda, an Azure Functions custom handler,
+//! or a plain server), logging, the store, the router, the listeners, and the `dev` and `emulator`
+//! subcommands. `main` only parses the command line and calls [`run`].
+
+mod dev;
+mod emulator;
+mod secret;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,60 +14,84 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::chat::Chat;
-use crate::config::{Config, ConfigError, ServeArgs, StoreSpec};
+use crate::config::{Command, Config, ConfigError, Defaults, LogFormat, Platform, ServeArgs};
 use crate::http::{router, AppState};
 use crate::protocol::{SignatureVerifier, WebhookParser};
-use crate::service::{RetryPolicy, ServiceClient};
-use crate::store::dynamodb::{self, DynamoOptions};
-use crate::store::{sqlite::SqliteStore, SharedStore, StoreError};
+use crate::service::{RetryPolicy, ServiceClient, ServiceError};
+use crate::store::{SharedStore, StoreError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Runtime {
-    Lambda,
-    AzureFunctions(u16),
-    Server,
+/// Why the process could not start or stopped: the one line `main` prints before exiting 1.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error("{what}: cannot listen on {addr}: {source}")]
+    Listen {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server stopped: {0}")]
+    Serve(#[from] std::io::Error),
+    #[error("emulator: {0}")]
+    Emulator(Box<dyn std::error::Error + Send + Sync>),
+    #[error("lambda runtime: {0}")]
+    Lambda(lambda_http::Error),
 }
 
-impl Runtime {
-    pub fn detect() -> Runtime {
-        if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
-            return Runtime::Lambda;
-        }
-        match std::env::var("FUNCTIONS_CUSTOMHANDLER_PORT")
-            .ok()
-            .and_then(|p| p.parse().ok())
-        {
-            Some(port) => Runtime::AzureFunctions(port),
-            None => Runtime::Server,
-        }
+/// The whole process: `hubhook [serve|dev|emulator]`.
+pub async fn run(command: Option<Command>, log_format: Option<&str>) -> Result<(), RuntimeError> {
+    let platform = Platform::detect()?;
+    let command = match command {
+        Some(c) => c,
+        None => Command::Serve(ServeArgs::from_env()),
+    };
+    let dev = matches!(command, Command::Dev(_));
+    telemetry::init(LogFormat::parse(log_format, platform)?, dev)?;
+    match command {
+        Command::Serve(args) => serve(args, platform).await,
+        Command::Dev(args) => dev::run(&args).await,
+        Command::Emulator(args) => emulator::run(&args).await,
     }
 }
 
-pub async fn open_store(config: &Config) -> Result<SharedStore, StoreError> {
-    match &config.store {
-        StoreSpec::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path)?)),
-        StoreSpec::Dynamo { table } => {
-            let opts = DynamoOptions {
-                retention_days: config.retention_days,
-                ..Default::default()
-            };
-            let store = dynamodb::connect(table, opts).await?;
-            // A local DynamoDB-compatible server starts empty; a real table comes from template.yaml.
-            if std::env::var_os("AWS_ENDPOINT_URL_DYNAMODB").is_some() {
-                store.ensure_table().await?;
-            }
-            Ok(Arc::new(store))
+async fn serve(mut args: ServeArgs, platform: Platform) -> Result<(), RuntimeError> {
+    secret::resolve(&mut args).await?;
+    let config = Config::from_args(&args, &Defaults::serve())?.for_platform(platform);
+    let mode = match platform {
+        Platform::Lambda => {
+            let router = build_router(&config).await?;
+            tracing::info!(hub = %config.hub, store = ?config.store, "hubhook starting under AWS Lambda");
+            return lambda_http::run(router).await.map_err(RuntimeError::Lambda);
         }
-    }
+        Platform::AzureFunctions(_) => "Azure Functions custom handler",
+        Platform::Server => "server",
+    };
+    let app = Application::build(&config).await?;
+    let addr = app.local_addr();
+    tracing::info!(
+        %addr, hub = %config.hub, store = ?config.store, endpoint = %config.connection_string.origin(),
+        negotiate = config.negotiate_open, verify_signatures = config.verify_signatures,
+        "hubhook {mode} listening; event handler at http://{addr}{}", config.event_path
+    );
+    app.run().await?;
+    Ok(())
 }
 
 /// Everything built once per process (per Lambda container): config, store, pooled HTTP client.
-pub async fn build_router(config: &Config) -> anyhow::Result<Router> {
-    let store = open_store(config).await?;
+pub async fn build_router(config: &Config) -> Result<Router, RuntimeError> {
+    let store = config.store.open(&config.store_options).await?;
     build_router_with_store(config, store)
 }
 
-pub fn build_router_with_store(config: &Config, store: SharedStore) -> anyhow::Result<Router> {
+pub fn build_router_with_store(
+    config: &Config,
+    store: SharedStore,
+) -> Result<Router, RuntimeError> {
     let verifier = config
         .verify_signatures
         .then(|| SignatureVerifier::new(config.signature_keys.iter().map(|k| k.expose())));
@@ -91,15 +121,13 @@ pub struct Application {
 }
 
 impl Application {
-    pub async fn build(config: &Config) -> anyhow::Result<Application> {
+    pub async fn build(config: &Config) -> Result<Application, RuntimeError> {
         let router = build_router(config).await?;
         Application::bind(SocketAddr::new(config.bind, config.port), router).await
     }
 
-    pub async fn bind(addr: SocketAddr, router: Router) -> anyhow::Result<Application> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    pub async fn bind(addr: SocketAddr, router: Router) -> Result<Application, RuntimeError> {
+        let listener = listen("hubhook", addr).await?;
         Ok(Application { listener, router })
     }
 
@@ -116,7 +144,15 @@ impl Application {
     }
 }
 
-async fn shutdown_signal() {
+/// Binds a listener; the error names what was to listen there.
+pub async fn listen(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RuntimeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RuntimeError::Listen { what, addr, source })
+}
+
+/// Ctrl-C or SIGTERM (what Lambda, the Functions host and container runtimes send).
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -130,54 +166,4 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-}
-
-/// Fills in the connection string from AWS Secrets Manager when only its ARN is configured.
-/// Done once per process: a Lambda container pays one `GetSecretValue` at cold start, and the
-/// key never sits in the function's plain environment or the CloudFormation template.
-pub async fn resolve_secret(args: &mut ServeArgs) -> Result<(), ConfigError> {
-    let Some(arn) = args
-        .connection_string_secret_arn
-        .clone()
-        .filter(|a| !a.is_empty())
-    else {
-        return Ok(());
-    };
-    if args.connection_string.is_some() {
-        return Ok(());
-    }
-    let fail = |reason: String| ConfigError {
-        var: "WEBPUBSUB_CONNECTION_STRING_SECRET_ARN",
-        reason,
-    };
-    let timeouts = aws_config::timeout::TimeoutConfig::builder()
-        .connect_timeout(std::time::Duration::from_secs(2))
-        .operation_timeout(std::time::Duration::from_secs(5))
-        .build();
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .timeout_config(timeouts)
-        .load()
-        .await;
-    let out = aws_sdk_secretsmanager::Client::new(&sdk)
-        .get_secret_value()
-        .secret_id(&arn)
-        .send()
-        .await
-        .map_err(|e| {
-            fail(format!(
-                "cannot read the secret: {}",
-                aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
-            ))
-        })?;
-    let value = out
-        .secret_string()
-        .ok_or_else(|| fail("the secret has no string value".into()))?;
-    args.connection_string = Some(value.trim().to_string());
-    Ok(())
-}
-
-pub async fn run_lambda(router: Router) -> anyhow::Result<()> {
-    lambda_http::run(router)
-        .await
-        .map_err(|e| anyhow::anyhow!("lambda runtime: {e}"))
 }

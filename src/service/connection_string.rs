@@ -118,6 +118,29 @@ impl ConnectionString {
         ConnectionString::new(&endpoint, AccessKey::new(key), port)
     }
 
+    /// A local emulator's connection string (`http://localhost:PORT`); the one place its text is
+    /// written.
+    pub fn local(port: u16, access_key: &str) -> Self {
+        ConnectionString::new("http://localhost", AccessKey::new(access_key), Some(port))
+            .expect("a localhost endpoint with a port is valid")
+    }
+
+    /// `Endpoint=…;Port=…;AccessKey=…;Version=1.0;`, the form every SDK parses. It holds the key:
+    /// print it only for a local emulator, whose key is public.
+    pub fn to_secret_string(&self) -> String {
+        let port = self
+            .endpoint
+            .port()
+            .map(|p| format!("Port={p};"))
+            .unwrap_or_default();
+        let host = self.endpoint.host_str().unwrap_or_default();
+        format!(
+            "Endpoint={}://{host};{port}AccessKey={};Version=1.0;",
+            self.endpoint.scheme(),
+            self.access_key.expose()
+        )
+    }
+
     /// `http(s)://host[:port]` — the base of REST URLs and of client-token audiences.
     pub fn origin(&self) -> &str {
         self.endpoint.as_str().trim_end_matches('/')
@@ -156,6 +179,30 @@ impl ConnectionString {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_strings_round_trip() {
+        let cs = ConnectionString::local(8080, KEY);
+        let text = cs.to_secret_string();
+        assert_eq!(
+            text,
+            format!("Endpoint=http://localhost;Port=8080;AccessKey={KEY};Version=1.0;")
+        );
+        assert_eq!(
+            ConnectionString::parse(&text).unwrap().origin(),
+            cs.origin()
+        );
+        let remote = ConnectionString::parse(&format!(
+            "Endpoint=https://contoso.webpubsub.azure.com;AccessKey={KEY}"
+        ))
+        .unwrap();
+        assert_eq!(
+            ConnectionString::parse(&remote.to_secret_string())
+                .unwrap()
+                .origin(),
+            "https://contoso.webpubsub.azure.com"
+        );
+    }
 
     const KEY: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCDEFGH";
 

@@ -415,10 +415,6 @@ fn item_to_message(item: &Item) -> Result<StoredMessage, StoreError> {
     })
 }
 
-fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
-}
-
 /// Error codes that mean "too much load, or a server-side hiccup: come back later".
 fn is_transient(code: &str) -> bool {
     matches!(
@@ -561,9 +557,8 @@ impl MessageStore for DynamoStore {
         limit: usize,
         before: Option<&str>,
     ) -> Result<Page, StoreError> {
-        let before = before.map(decode_cursor).transpose()?;
-        let limit = limit.clamp(1, MAX_PAGE);
-        let mut messages = Vec::with_capacity(limit + 1);
+        let page = PageRequest::new(limit, before)?;
+        let mut messages = Vec::with_capacity(page.fetch());
         let mut start_key: Option<Item> = None;
         // One extra item tells whether an older page exists. A query page stops at 1 MB, so
         // large messages may need more than one request.
@@ -574,10 +569,10 @@ impl MessageStore for DynamoStore {
                 .table_name(&self.table)
                 .consistent_read(true)
                 .scan_index_forward(false)
-                .limit((limit + 1 - messages.len()) as i32)
+                .limit((page.fetch() - messages.len()) as i32)
                 .expression_attribute_values(":pk", s(room_pk(room)))
                 .set_exclusive_start_key(start_key.take());
-            q = match &before {
+            q = match &page.before {
                 Some(b) => q
                     .key_condition_expression("pk = :pk AND sk < :before")
                     .expression_attribute_values(":before", s(b)),
@@ -588,17 +583,11 @@ impl MessageStore for DynamoStore {
                 messages.push(item_to_message(item)?);
             }
             match out.last_evaluated_key() {
-                Some(k) if messages.len() <= limit => start_key = Some(k.clone()),
+                Some(k) if messages.len() < page.fetch() => start_key = Some(k.clone()),
                 _ => break,
             }
         }
-        let next = if messages.len() > limit {
-            messages.truncate(limit);
-            messages.last().map(|m| encode_cursor(&m.id))
-        } else {
-            None
-        };
-        Ok(Page { messages, next })
+        Ok(page.page(messages))
     }
 
     /// The table answers DescribeTable and can serve requests (ACTIVE, or UPDATING, during

@@ -7,6 +7,7 @@
 pub mod dynamodb;
 pub mod sqlite;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -90,6 +91,116 @@ pub enum StoreError {
     BadCursor,
 }
 
+impl StoreError {
+    /// The one place a store failure becomes an HTTP status, whichever route met it.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            StoreError::BadCursor => http::StatusCode::BAD_REQUEST,
+            StoreError::Unavailable(_) => http::StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::Failed(_) => http::StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// Which backend to open, from `HUBHOOK_STORE`: `sqlite://PATH` or `dynamodb://TABLE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    Sqlite(PathBuf),
+    Dynamo { table: String },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StoreSpecError {
+    #[error("sqlite:// needs a path, e.g. sqlite://hubhook.db")]
+    NoPath,
+    #[error("{0:?} is not a DynamoDB table name")]
+    TableName(String),
+    #[error("{0:?}: expected sqlite://PATH or dynamodb://TABLE")]
+    Scheme(String),
+}
+
+/// How a store is opened: what the environment said beyond the spec itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// Days to keep messages; `None` keeps them forever.
+    pub retention_days: Option<u32>,
+    /// Create a missing DynamoDB table (a local DynamoDB-compatible server starts empty; a real
+    /// table comes from template.yaml and the function's role may not create tables).
+    pub create_table_if_missing: bool,
+}
+
+impl StoreSpec {
+    pub fn parse(s: &str) -> Result<Self, StoreSpecError> {
+        if let Some(p) = s.strip_prefix("sqlite://") {
+            if p.is_empty() {
+                return Err(StoreSpecError::NoPath);
+            }
+            Ok(StoreSpec::Sqlite(PathBuf::from(p)))
+        } else if let Some(t) = s.strip_prefix("dynamodb://") {
+            let ok = (3..=255).contains(&t.len())
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            if !ok {
+                return Err(StoreSpecError::TableName(t.to_string()));
+            }
+            Ok(StoreSpec::Dynamo {
+                table: t.to_string(),
+            })
+        } else {
+            Err(StoreSpecError::Scheme(s.to_string()))
+        }
+    }
+
+    /// Opens the backend; the only place that names them, so a new store is one file plus one
+    /// arm here.
+    pub async fn open(&self, opts: &OpenOptions) -> Result<SharedStore, StoreError> {
+        match self {
+            StoreSpec::Sqlite(path) => Ok(Arc::new(sqlite::SqliteStore::open(path)?)),
+            StoreSpec::Dynamo { table } => {
+                let dynamo = dynamodb::DynamoOptions {
+                    retention_days: opts.retention_days,
+                    create_table_if_missing: opts.create_table_if_missing,
+                    ..Default::default()
+                };
+                Ok(Arc::new(dynamodb::connect(table, dynamo).await?))
+            }
+        }
+    }
+}
+
+/// One page request, validated once for every backend: the limit clamped, the cursor decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    pub limit: usize,
+    /// The id of the last message of the previous page (exclusive bound).
+    pub before: Option<String>,
+}
+
+impl PageRequest {
+    pub fn new(limit: usize, before: Option<&str>) -> Result<Self, StoreError> {
+        Ok(PageRequest {
+            limit: limit.clamp(1, MAX_PAGE),
+            before: before.map(decode_cursor).transpose()?,
+        })
+    }
+
+    /// Backends fetch one row more than asked: its presence says an older page exists.
+    pub fn fetch(&self) -> usize {
+        self.limit + 1
+    }
+
+    /// Builds the page from up to [`PageRequest::fetch`] messages, newest first.
+    pub fn page(&self, mut messages: Vec<StoredMessage>) -> Page {
+        let next = if messages.len() > self.limit {
+            messages.truncate(self.limit);
+            messages.last().map(|m| encode_cursor(&m.id))
+        } else {
+            None
+        };
+        Page { messages, next }
+    }
+}
+
 #[async_trait::async_trait]
 pub trait MessageStore: Send + Sync + 'static {
     /// Durably stores `m` unless this delivery (connection id + ce-id) is already stored, in
@@ -132,6 +243,11 @@ pub fn decode_cursor(c: &str) -> Result<String, StoreError> {
             .enumerate()
             .all(|(i, b)| i == 13 || b.is_ascii_hexdigit());
     valid.then_some(id).ok_or(StoreError::BadCursor)
+}
+
+/// Wall-clock milliseconds since the epoch (delivery claims, outbox times).
+pub fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 pub fn format_ms(ms: i64) -> String {

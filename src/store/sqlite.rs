@@ -249,10 +249,6 @@ fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
     })
 }
 
-fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
-}
-
 #[async_trait::async_trait]
 impl MessageStore for SqliteStore {
     async fn append(&self, m: NewMessage) -> Result<Appended, StoreError> {
@@ -279,28 +275,23 @@ impl MessageStore for SqliteStore {
         limit: usize,
         before: Option<&str>,
     ) -> Result<Page, StoreError> {
-        let before = before.map(decode_cursor).transpose()?;
-        let limit = limit.clamp(1, MAX_PAGE);
+        let page = PageRequest::new(limit, before)?;
         let room = room.to_string();
         self.read(move |c| {
-            // One extra row tells whether an older page exists.
             let mut s = c
                 .prepare_cached(
                     "SELECT room, id, connection_id, user_id, text, at_ms FROM messages
                      WHERE room = ?1 AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3",
                 )
                 .map_err(failed)?;
-            let mut messages = s
-                .query_map(params![room, before, limit as i64 + 1], row_to_message)
+            let messages = s
+                .query_map(
+                    params![room, page.before, page.fetch() as i64],
+                    row_to_message,
+                )
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
                 .map_err(failed)?;
-            let next = if messages.len() > limit {
-                messages.truncate(limit);
-                messages.last().map(|m| encode_cursor(&m.id))
-            } else {
-                None
-            };
-            Ok(Page { messages, next })
+            Ok(page.page(messages))
         })
         .await
     }

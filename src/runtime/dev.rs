@@ -2,26 +2,29 @@
 //! together on loopback with the embedded store — the whole quickstart with no account and no
 //! configuration. Prints what a client needs and one line per webhook as it flows.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::config::{Config, Defaults, ServeArgs};
+use super::{listen, Application, RuntimeError};
+use crate::config::{Config, ConfigError, Defaults, DevArgs};
 use crate::emulator::{Emulator, EmulatorConfig, HandlerSettings, WebhookLog};
-use crate::runtime::Application;
 use crate::service::{client_access, ClientTokenOptions};
 
-/// Runs until Ctrl-C (or SIGTERM): emulator on `emulator_port` (`HUBHOOK_EMULATOR_PORT`,
-/// default 8080), the function on `PORT` (default 8081).
-pub async fn run_dev(emulator_port: u16, args: &ServeArgs) -> anyhow::Result<()> {
+/// Runs until Ctrl-C (or SIGTERM): emulator on `HUBHOOK_EMULATOR_PORT` (default 8080), the
+/// function on `PORT` (default 8081).
+pub async fn run(args: &DevArgs) -> Result<(), RuntimeError> {
     // The emulator's listener first: its real port (HUBHOOK_EMULATOR_PORT=0 picks one) goes into
     // the function's connection string.
-    let emu_bind = std::net::SocketAddr::from(([127, 0, 0, 1], emulator_port));
-    let listener = tokio::net::TcpListener::bind(emu_bind)
-        .await
-        .map_err(|e| anyhow::anyhow!("HUBHOOK_EMULATOR_PORT: cannot listen on {emu_bind}: {e}"))?;
+    let emu_bind = SocketAddr::from(([127, 0, 0, 1], args.emulator_port));
+    let listener = listen("HUBHOOK_EMULATOR_PORT", emu_bind).await?;
     let emulator_port = listener.local_addr()?.port();
-    let config = Config::from_args(args, &Defaults::dev(emulator_port))?;
+    let config = Config::from_args(&args.serve, &Defaults::dev(emulator_port))?;
     if !config.bind.is_loopback() {
-        anyhow::bail!("HUBHOOK_BIND: dev uses a public access key and binds loopback only");
+        return Err(ConfigError {
+            var: "HUBHOOK_BIND",
+            reason: "dev uses a public access key and binds loopback only".into(),
+        }
+        .into());
     }
     let app = Application::build(&config).await?;
     let fn_addr = app.local_addr();
@@ -35,10 +38,11 @@ pub async fn run_dev(emulator_port: u16, args: &ServeArgs) -> anyhow::Result<()>
     // A dropped socket (no close frame) is still recoverable for 30 s on the reliable protocol.
     emu_config.close_frame_is_final = true;
     emu_config.on_webhook = Some(Arc::new(|log: &WebhookLog| println!("  {log}")));
-    let emulator = Emulator::with_listener(listener, emu_config)?;
+    let emulator = Emulator::with_listener(listener, emu_config)
+        .map_err(|e| RuntimeError::Emulator(e.into()))?;
     let emu_addr = emulator.local_addr();
 
-    let room = "lobby";
+    let room = &config.chat.default_room;
     let access = client_access(
         &config.connection_string,
         &config.hub,
@@ -53,9 +57,8 @@ pub async fn run_dev(emulator_port: u16, args: &ServeArgs) -> anyhow::Result<()>
         config.hub
     );
     println!(
-        "  connection string   : Endpoint=http://localhost;Port={};AccessKey={};Version=1.0;",
-        emu_addr.port(),
-        config.connection_string.access_key.expose()
+        "  connection string   : {}",
+        config.connection_string.to_secret_string()
     );
     println!(
         "  client access URL   : {}&room={room}  (user dev-user, 1 h)",

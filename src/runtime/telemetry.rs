@@ -1,0 +1,30 @@
+//! Logging: `tracing` to stderr, JSON for a log stream, compact for a person.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{log_filter, ConfigError, LogFormat};
+
+/// `dev` speaks to a person through its own one-line-per-webhook printer, so the structured
+/// log stays at warnings unless `RUST_LOG` asks for more.
+pub fn init(format: LogFormat, dev: bool) -> Result<(), ConfigError> {
+    let directives = log_filter()?.unwrap_or_else(|| if dev { "warn" } else { "info" }.into());
+    let filter = EnvFilter::builder()
+        .parse(&directives)
+        .map_err(|e| ConfigError {
+            var: "RUST_LOG",
+            reason: format!("not a log filter: {e}"),
+        })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // try_init: a test or an embedding program may have installed a subscriber already.
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
+        LogFormat::Pretty => builder.compact().try_init(),
+    };
+    Ok(())
+}
