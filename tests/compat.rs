@@ -29,8 +29,8 @@ use hubhook::protocol::{
     SignatureVerifier, UserEvent, Webhook, WebhookParser,
 };
 use hubhook::service::{
-    client_access, client_token, ClientTokenOptions, ConnectionString, GenerateTokenOptions,
-    GroupMember, Permission, RetryPolicy, SendOptions, ServiceClient, ServiceError,
+    client_access, client_token, ClientTokenOptions, ConnectionString, GroupMember, Permission,
+    RetryPolicy, SendOptions, ServiceClient, ServiceError,
 };
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
@@ -754,19 +754,19 @@ async fn run_our_ops(sc: &ServiceClient, cap: &Capture) -> BTreeMap<String, Valu
     op!("health", sc.health());
     op!(
         "generateToken",
-        sc.generate_token(&GenerateTokenOptions {
+        sc.generate_token(&ClientTokenOptions {
             user_id: Some("alice".into()),
             roles: vec![
                 "webpubsub.joinLeaveGroup.lobby".into(),
                 "webpubsub.sendToGroup.lobby".into()
             ],
             groups: vec!["lobby".into(), "g2".into()],
-            minutes_to_expire: Some(5),
+            expires_in: Some(std::time::Duration::from_secs(5 * 60)),
         })
     );
     op!(
         "generateToken.defaults",
-        sc.generate_token(&GenerateTokenOptions::default())
+        sc.generate_token(&ClientTokenOptions::default())
     );
     results
 }

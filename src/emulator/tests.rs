@@ -23,7 +23,7 @@ use super::{JSON_RELIABLE_V1, JSON_V1};
 use crate::protocol::{sign, EventData};
 use crate::service::{
     client_token, rest_token, unix_now, AccessKey, ClientTokenOptions, ConnectionString,
-    GenerateTokenOptions, Permission, RetryPolicy, SendOptions, ServiceClient,
+    Permission, RetryPolicy, SendOptions, ServiceClient,
 };
 
 /// The bound on every single wait.
@@ -1272,11 +1272,11 @@ async fn rest_api_serves_every_service_client_operation() {
 
     // :generateToken mints a token this emulator accepts (role, group, user).
     let t = svc
-        .generate_token(&GenerateTokenOptions {
+        .generate_token(&ClientTokenOptions {
             user_id: Some("gen".into()),
             roles: vec!["webpubsub.joinLeaveGroup".into()],
             groups: vec!["k".into()],
-            minutes_to_expire: Some(5),
+            expires_in: Some(std::time::Duration::from_secs(5 * 60)),
         })
         .await
         .unwrap();

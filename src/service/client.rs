@@ -7,7 +7,8 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::{header, Method, StatusCode};
 use serde::Deserialize;
 
-use super::{rest_token, token::unix_now, AccessKey, ConnectionString, ServiceError};
+use super::token::{unix_now, ClientTokenOptions};
+use super::{rest_token, AccessKey, ConnectionString, ServiceError};
 use crate::protocol::EventData;
 
 pub const API_VERSION: &str = "2024-12-01";
@@ -76,14 +77,6 @@ impl Permission {
             Permission::JoinLeaveGroup => "joinLeaveGroup",
         }
     }
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct GenerateTokenOptions {
-    pub user_id: Option<String>,
-    pub roles: Vec<String>,
-    pub groups: Vec<String>,
-    pub minutes_to_expire: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -502,10 +495,7 @@ impl ServiceClient {
     }
 
     /// `:generateToken` — a client token minted by the service itself.
-    pub async fn generate_token(
-        &self,
-        opts: &GenerateTokenOptions,
-    ) -> Result<String, ServiceError> {
+    pub async fn generate_token(&self, opts: &ClientTokenOptions) -> Result<String, ServiceError> {
         let mut c = self.call(
             "generateToken",
             Method::POST,
@@ -518,7 +508,9 @@ impl ServiceClient {
             c.query.push(("role", r.clone()));
         }
         // The service's defaults, sent explicitly as the SDK does.
-        let minutes = opts.minutes_to_expire.unwrap_or(60);
+        let minutes = opts
+            .expires_in
+            .map_or(60, |d| d.as_secs().div_ceil(60).max(1));
         c.query.push(("minutesToExpire", minutes.to_string()));
         for g in &opts.groups {
             c.query.push(("group", g.clone()));
