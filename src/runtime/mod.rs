@@ -1,6 +1,8 @@
 //! Picking and starting the runtime: AWS Lambda (`AWS_LAMBDA_RUNTIME_API`), an Azure Functions
 //! custom handler (`FUNCTIONS_CUSTOMHANDLER_PORT`), or a plain server.
 
+pub mod listener;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
