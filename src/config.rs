@@ -5,11 +5,13 @@
 //! flag's variable), and the variables platforms set ([`Platform::detect`]).
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
 use crate::chat::{validate_room, ChatConfig, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_ROOM};
 use crate::protocol::{validate_hub, AllowedOrigins};
+use crate::runtime::listener::Limits;
 use crate::service::{AccessKey, ConnectionString};
 use crate::store::{OpenOptions, StoreSpec};
 
@@ -184,6 +186,22 @@ pub struct ServeArgs {
     /// `true` turns OFF ce-signature verification. Only for debugging; logged loudly.
     #[arg(long, env = "HUBHOOK_INSECURE_SKIP_SIGNATURE")]
     pub insecure_skip_signature: Option<String>,
+    /// Longest wait for a request's head (e.g. `10s`, `500ms`; a bare number is seconds).
+    #[arg(long, env = "HUBHOOK_HEADER_TIMEOUT")]
+    pub header_timeout: Option<String>,
+    /// Longest wait for a request's body once its head arrived (answers 408).
+    #[arg(long, env = "HUBHOOK_BODY_TIMEOUT")]
+    pub body_timeout: Option<String>,
+    /// How long a keep-alive connection may sit silent.
+    #[arg(long, env = "HUBHOOK_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<String>,
+    /// After SIGTERM, how long in-flight requests get before every connection is closed.
+    #[arg(long, env = "HUBHOOK_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<String>,
+    /// Connections served at once; more are answered 503 (default: file-descriptor limit − 256,
+    /// 64–2048).
+    #[arg(long, env = "HUBHOOK_MAX_CONNECTIONS")]
+    pub max_connections: Option<String>,
     /// Create a missing DynamoDB table at start (`true`/`false`). Default: true only when
     /// `AWS_ENDPOINT_URL_DYNAMODB` points at a local DynamoDB-compatible server.
     #[arg(long, env = "HUBHOOK_CREATE_TABLE")]
@@ -219,6 +237,7 @@ pub struct Config {
     pub chat: ChatConfig,
     pub event_path: String,
     pub dotnet_state: bool,
+    pub limits: Limits,
 }
 
 /// Defaults that differ between `serve` and `dev`.
@@ -313,6 +332,7 @@ impl Config {
             chat: chat_config(a)?,
             event_path: event_path(a)?,
             dotnet_state: dotnet_state(a)?,
+            limits: limits(a)?,
             connection_string,
         })
     }
@@ -423,6 +443,49 @@ fn event_path(a: &ServeArgs) -> Result<String, ConfigError> {
     Ok(path)
 }
 
+fn limits(a: &ServeArgs) -> Result<Limits, ConfigError> {
+    let mut l = Limits::default();
+    let d = |var, v: &Option<String>, default| {
+        v.as_deref().map_or(Ok(default), |v| parse_duration(var, v))
+    };
+    l.header_read = d("HUBHOOK_HEADER_TIMEOUT", &a.header_timeout, l.header_read)?;
+    l.body_read = d("HUBHOOK_BODY_TIMEOUT", &a.body_timeout, l.body_read)?;
+    l.idle = d("HUBHOOK_IDLE_TIMEOUT", &a.idle_timeout, l.idle)?;
+    l.drain = d("HUBHOOK_DRAIN_TIMEOUT", &a.drain_timeout, l.drain)?;
+    if let Some(v) = &a.max_connections {
+        l.max_connections = parse_num("HUBHOOK_MAX_CONNECTIONS", v, "a connection count")?;
+        if l.max_connections == 0 {
+            return Err(err("HUBHOOK_MAX_CONNECTIONS", "must be at least 1"));
+        }
+    }
+    Ok(l)
+}
+
+/// `500ms`, `10s`, `2m`, or a bare number of seconds; more than zero, at most an hour.
+fn parse_duration(var: &'static str, v: &str) -> Result<Duration, ConfigError> {
+    let t = v.trim();
+    let (num, unit_ms) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (t, 1000)
+    };
+    let n: u64 = num.trim().parse().map_err(|_| {
+        err(
+            var,
+            format!("{t:?} is not a duration (e.g. 10s, 500ms, 2m)"),
+        )
+    })?;
+    let d = Duration::from_millis(n.saturating_mul(unit_ms));
+    if d.is_zero() || d > Duration::from_secs(3600) {
+        return Err(err(var, "must be more than 0 and at most 1 hour"));
+    }
+    Ok(d)
+}
+
 fn dotnet_state(a: &ServeArgs) -> Result<bool, ConfigError> {
     match a.state_format.as_deref().map(str::trim) {
         None | Some("express") => Ok(false),
@@ -531,6 +594,39 @@ mod tests {
             !bad_port.contains("secretkey123") && bad_port.contains("Port"),
             "{bad_port}"
         );
+    }
+
+    #[test]
+    fn listener_limits() {
+        let c = Config::from_args(
+            &ServeArgs {
+                header_timeout: Some("500ms".into()),
+                body_timeout: Some("7".into()),
+                idle_timeout: Some("2m".into()),
+                max_connections: Some("100".into()),
+                ..args(CS)
+            },
+            &Defaults::serve(),
+        )
+        .unwrap();
+        assert_eq!(c.limits.header_read, Duration::from_millis(500));
+        assert_eq!(c.limits.body_read, Duration::from_secs(7));
+        assert_eq!(c.limits.idle, Duration::from_secs(120));
+        assert_eq!(c.limits.max_connections, 100);
+        for (var, bad) in [
+            ("HUBHOOK_DRAIN_TIMEOUT", "soon"),
+            ("HUBHOOK_DRAIN_TIMEOUT", "0s"),
+        ] {
+            let e = Config::from_args(
+                &ServeArgs {
+                    drain_timeout: Some(bad.into()),
+                    ..args(CS)
+                },
+                &Defaults::serve(),
+            )
+            .unwrap_err();
+            assert_eq!(e.var, var);
+        }
     }
 
     #[test]

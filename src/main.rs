@@ -20,8 +20,14 @@ struct Cli {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    if let Err(e) = hubhook::runtime::run(cli.command, cli.log_format.as_deref()).await {
-        eprintln!("hubhook: {e}");
-        std::process::exit(1);
-    }
+    let code = match hubhook::runtime::run(cli.command, cli.log_format.as_deref()).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("hubhook: {e}");
+            1
+        }
+    };
+    // Exit now, after the bounded drain: a blocking thread (the SQLite writer) must not hold
+    // the process open past it.
+    std::process::exit(code);
 }

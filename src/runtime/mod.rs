@@ -7,6 +7,8 @@ mod emulator;
 mod secret;
 mod telemetry;
 
+pub mod listener;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -19,6 +21,7 @@ use crate::http::{router, AppState};
 use crate::protocol::{SignatureVerifier, WebhookParser};
 use crate::service::{RetryPolicy, ServiceClient, ServiceError};
 use crate::store::{SharedStore, StoreError};
+use listener::Limits;
 
 /// Why the process could not start or stopped: the one line `main` prints before exiting 1.
 #[derive(Debug, thiserror::Error)]
@@ -118,17 +121,29 @@ pub fn build_router_with_store(
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    limits: Limits,
 }
 
 impl Application {
     pub async fn build(config: &Config) -> Result<Application, RuntimeError> {
         let router = build_router(config).await?;
-        Application::bind(SocketAddr::new(config.bind, config.port), router).await
+        let app = Application::bind(SocketAddr::new(config.bind, config.port), router).await?;
+        Ok(app.with_limits(config.limits.clone()))
     }
 
+    /// Serves `router` on `addr` with the default [`Limits`].
     pub async fn bind(addr: SocketAddr, router: Router) -> Result<Application, RuntimeError> {
         let listener = listen("hubhook", addr).await?;
-        Ok(Application { listener, router })
+        Ok(Application {
+            listener,
+            router,
+            limits: Limits::default(),
+        })
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> Application {
+        self.limits = limits;
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -137,10 +152,9 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
+    /// Until SIGTERM / Ctrl-C, then a bounded drain ([`Limits::drain`]).
     pub async fn run(self) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
+        listener::serve(self.listener, self.router, self.limits, shutdown_signal()).await
     }
 }
 
