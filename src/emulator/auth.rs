@@ -17,7 +17,30 @@ pub type Claims = BTreeMap<String, Vec<String>>;
 
 const LEEWAY_SECS: u64 = 5;
 
-fn decode(key: &AccessKey, token: &str) -> Result<HashMap<String, Value>, String> {
+/// Why a token is refused (401); the text is the one-line reason the caller gets.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("missing Authorization: Bearer <token>")]
+    MissingBearer,
+    #[error("the access token has expired")]
+    Expired,
+    #[error("the access token is not signed with this emulator's access key")]
+    WrongKey,
+    #[error("invalid access token: {0}")]
+    Invalid(jsonwebtoken::errors::Error),
+    #[error("the access token has no audience")]
+    NoAudience,
+    #[error("token audience {0:?} is not a URL")]
+    AudienceNotUrl(String),
+    #[error("token audience {aud:?} has an unexpected scheme (want {want})")]
+    AudienceScheme { aud: String, want: String },
+    #[error("the access token is for {path:?}, not /client/hubs/{hub}")]
+    OtherHub { path: String, hub: String },
+    #[error("the token's audience is {path:?}, not this request ({request})")]
+    OtherRequest { path: String, request: String },
+}
+
+fn decode(key: &AccessKey, token: &str) -> Result<HashMap<String, Value>, TokenError> {
     let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
     v.validate_aud = false;
     v.required_spec_claims = ["exp".to_string()].into_iter().collect();
@@ -30,15 +53,13 @@ fn decode(key: &AccessKey, token: &str) -> Result<HashMap<String, Value>, String
     )
     .map(|d| d.claims)
     .map_err(|e| match e.kind() {
-        jsonwebtoken::errors::ErrorKind::ExpiredSignature => "the access token has expired".into(),
-        jsonwebtoken::errors::ErrorKind::InvalidSignature => {
-            "the access token is not signed with this emulator's access key".into()
-        }
-        _ => format!("invalid access token: {e}"),
+        jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+        jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::WrongKey,
+        _ => TokenError::Invalid(e),
     })
 }
 
-fn audience_path(claims: &HashMap<String, Value>, schemes: &[&str]) -> Result<String, String> {
+fn audience_path(claims: &HashMap<String, Value>, schemes: &[&str]) -> Result<String, TokenError> {
     let aud = match claims.get("aud") {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(a)) => a
@@ -46,14 +67,16 @@ fn audience_path(claims: &HashMap<String, Value>, schemes: &[&str]) -> Result<St
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string(),
-        _ => return Err("the access token has no audience".into()),
+        _ => return Err(TokenError::NoAudience),
     };
-    let url = url::Url::parse(&aud).map_err(|_| format!("token audience {aud:?} is not a URL"))?;
+    let Ok(url) = url::Url::parse(&aud) else {
+        return Err(TokenError::AudienceNotUrl(aud));
+    };
     if !schemes.contains(&url.scheme()) {
-        return Err(format!(
-            "token audience {aud:?} has an unexpected scheme (want {})",
-            schemes.join("/")
-        ));
+        return Err(TokenError::AudienceScheme {
+            aud,
+            want: schemes.join("/"),
+        });
     }
     let path = percent_decode_str(url.path()).decode_utf8_lossy();
     Ok(path.trim_end_matches('/').to_string())
@@ -61,13 +84,14 @@ fn audience_path(claims: &HashMap<String, Value>, schemes: &[&str]) -> Result<St
 
 /// A client access token for `hub`: HS256 with the key, `exp` in the future, `aud` =
 /// `http(s)|ws(s)://host[:port]/client/hubs/{hub}` (the portal once issued `wss` audiences).
-pub fn verify_client_token(key: &AccessKey, token: &str, hub: &str) -> Result<Claims, String> {
+pub fn verify_client_token(key: &AccessKey, token: &str, hub: &str) -> Result<Claims, TokenError> {
     let claims = decode(key, token)?;
     let path = audience_path(&claims, &["http", "https", "ws", "wss"])?;
     if !path.eq_ignore_ascii_case(&format!("/client/hubs/{hub}")) {
-        return Err(format!(
-            "the access token is for {path:?}, not /client/hubs/{hub}"
-        ));
+        return Err(TokenError::OtherHub {
+            path,
+            hub: hub.to_string(),
+        });
     }
     Ok(claims_of(&claims))
 }
@@ -78,20 +102,21 @@ pub fn verify_rest_token(
     key: &AccessKey,
     authorization: Option<&str>,
     request_path: &str,
-) -> Result<(), String> {
+) -> Result<(), TokenError> {
     let token = authorization
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-        .ok_or("missing Authorization: Bearer <token>")?;
+        .ok_or(TokenError::MissingBearer)?;
     let claims = decode(key, token.trim())?;
     let path = audience_path(&claims, &["http", "https"])?;
     let request = percent_decode_str(request_path).decode_utf8_lossy();
     if path != request.trim_end_matches('/') {
-        return Err(format!(
-            "the token's audience is {path:?}, not this request ({request})"
-        ));
+        return Err(TokenError::OtherRequest {
+            path,
+            request: request.into_owned(),
+        });
     }
     Ok(())
 }
@@ -158,18 +183,16 @@ mod tests {
     fn client_token_expiry_signature_and_exp_required() {
         let aud = "http://localhost/client/hubs/chat";
         let expired = token(json!({"aud": aud, "exp": unix_now() - 60}));
-        assert!(verify_client_token(&key(), &expired, "chat")
-            .unwrap_err()
-            .contains("expired"));
+        let e = verify_client_token(&key(), &expired, "chat").unwrap_err();
+        assert!(matches!(e, TokenError::Expired) && e.to_string().contains("expired"));
         let no_exp = token(json!({"aud": aud}));
         assert!(verify_client_token(&key(), &no_exp, "chat").is_err());
         let other = sign_jwt(
             &AccessKey::new("abcdefghijklmnopqrstuvwxyz0123456789abcdefgh"),
             &json!({"aud": aud, "exp": unix_now() + 60}),
         );
-        assert!(verify_client_token(&key(), &other, "chat")
-            .unwrap_err()
-            .contains("not signed"));
+        let e = verify_client_token(&key(), &other, "chat").unwrap_err();
+        assert!(matches!(e, TokenError::WrongKey) && e.to_string().contains("not signed"));
         assert!(verify_client_token(&key(), "garbage", "chat").is_err());
     }
 

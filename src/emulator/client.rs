@@ -12,18 +12,62 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-use super::auth::verify_client_token;
+use super::auth::{verify_client_token, Claims, TokenError};
 use super::conn::{Conn, JSON_RELIABLE_V1, JSON_V1};
-use super::session::{self, SimpleMode, MAX_FRAME};
+use super::handle::SimpleMode;
+use super::session::{self, MAX_FRAME};
+use super::upstream::UpstreamError;
 use super::Shared;
 use crate::protocol::{ConnectRequest, Event};
 
 /// The reason a reliable client gets (before close 1008) when its connection is gone.
 pub const NOT_RECOVERABLE: &str = "The connection could not be recovered.";
 
-fn reject(status: StatusCode, reason: &str) -> Response {
-    tracing::info!(target: "hubhook::emulator", status = status.as_u16(), "client handshake refused: {reason}");
-    (status, format!("{reason}\n")).into_response()
+/// Why the handshake refuses a client: an HTTP status and a one-line text body.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("expected a WebSocket upgrade: {0}")]
+    NotUpgrade(#[from] WsRejection),
+    #[error("missing hub")]
+    MissingHub,
+    #[error("invalid hub name {0:?}")]
+    InvalidHub(String),
+    #[error("missing access_token")]
+    MissingToken,
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("connect event failed: {0}")]
+    Upstream(#[from] UpstreamError),
+    /// The handler's own answer: its 4xx (a 5xx becomes 500) and its body or a default reason.
+    #[error("{reason}")]
+    Refused { status: StatusCode, reason: String },
+    #[error("the connect handler answered 200 with a body that is not JSON")]
+    NotJson,
+    #[error("the connect handler chose subprotocol {0:?}, which the client did not offer")]
+    NotOffered(String),
+}
+
+impl HandshakeError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            HandshakeError::NotUpgrade(_)
+            | HandshakeError::MissingHub
+            | HandshakeError::InvalidHub(_) => StatusCode::BAD_REQUEST,
+            HandshakeError::MissingToken | HandshakeError::Token(_) => StatusCode::UNAUTHORIZED,
+            HandshakeError::Refused { status, .. } => *status,
+            HandshakeError::Upstream(_)
+            | HandshakeError::NotJson
+            | HandshakeError::NotOffered(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for HandshakeError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        tracing::info!(target: "hubhook::emulator", status = status.as_u16(), "client handshake refused: {self}");
+        (status, format!("{self}\n")).into_response()
+    }
 }
 
 /// `GET /client/hubs/{hub}`
@@ -33,7 +77,7 @@ pub async fn hub_path(
     Query(q): Query<Vec<(String, String)>>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WsRejection>,
-) -> Response {
+) -> Result<Response, HandshakeError> {
     endpoint(s, hub, q, headers, ws).await
 }
 
@@ -43,10 +87,10 @@ pub async fn hub_query(
     Query(q): Query<Vec<(String, String)>>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WsRejection>,
-) -> Response {
-    let Some(hub) = first(&q, "hub").map(String::from) else {
-        return reject(StatusCode::BAD_REQUEST, "missing hub");
-    };
+) -> Result<Response, HandshakeError> {
+    let hub = first(&q, "hub")
+        .ok_or(HandshakeError::MissingHub)?
+        .to_string();
     endpoint(s, hub, q, headers, ws).await
 }
 
@@ -70,32 +114,39 @@ struct Accepted {
     state: Option<String>,
 }
 
+impl Accepted {
+    /// What the token grants before any handler has a say.
+    fn from_claims(claims: &Claims) -> Accepted {
+        Accepted {
+            user_id: claims.get("sub").and_then(|v| v.first()).cloned(),
+            groups: claims.get("webpubsub.group").cloned().unwrap_or_default(),
+            roles: claims
+                .get("role")
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            subprotocol: None,
+            state: None,
+        }
+    }
+}
+
 async fn endpoint(
     s: Arc<Shared>,
     hub: String,
     q: Vec<(String, String)>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WsRejection>,
-) -> Response {
-    let ws = match ws {
-        // Read up to 4× the limit and refuse with 1009 ourselves: refusing inside tungstenite would
-        // leave the rest of the frame unread, and closing then resets the TCP connection before
-        // the client sees the close frame.
-        Ok(ws) => ws
-            .max_message_size(MAX_FRAME * 4)
-            .max_frame_size(MAX_FRAME * 4),
-        Err(e) => {
-            return reject(
-                StatusCode::BAD_REQUEST,
-                &format!("expected a WebSocket upgrade: {e}"),
-            )
-        }
-    };
+) -> Result<Response, HandshakeError> {
+    // Read up to 4× the limit and refuse with 1009 ourselves: refusing inside tungstenite would
+    // leave the rest of the frame unread, and closing then resets the TCP connection before the
+    // client sees the close frame.
+    let ws = ws?
+        .max_message_size(MAX_FRAME * 4)
+        .max_frame_size(MAX_FRAME * 4);
     if !valid_hub(&hub) {
-        return reject(
-            StatusCode::BAD_REQUEST,
-            &format!("invalid hub name {hub:?}"),
-        );
+        return Err(HandshakeError::InvalidHub(hub));
     }
     let offered: Vec<String> = headers
         .get_all("sec-websocket-protocol")
@@ -109,34 +160,19 @@ async fn endpoint(
     // expired by now) and checks only the reconnection token.
     if let Some(id) = first(&q, "awps_connection_id") {
         let token = first(&q, "awps_reconnection_token").unwrap_or_default();
-        return recover(s, &hub, id, token, &offered, ws);
+        return Ok(recover(s, &hub, id, token, &offered, ws));
     }
 
     let bearer = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(token) = first(&q, "access_token").or(bearer) else {
-        return reject(StatusCode::UNAUTHORIZED, "missing access_token");
-    };
-    let claims = match verify_client_token(&s.key, token, &hub) {
-        Ok(c) => c,
-        Err(reason) => return reject(StatusCode::UNAUTHORIZED, &reason),
-    };
+    let token = first(&q, "access_token")
+        .or(bearer)
+        .ok_or(HandshakeError::MissingToken)?;
+    let claims = verify_client_token(&s.key, token, &hub)?;
     let connection_id = uuid::Uuid::new_v4().simple().to_string();
-    let mut accepted = Accepted {
-        user_id: claims.get("sub").and_then(|v| v.first()).cloned(),
-        groups: claims.get("webpubsub.group").cloned().unwrap_or_default(),
-        roles: claims
-            .get("role")
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
-        subprotocol: None,
-        state: None,
-    };
-
+    let mut accepted = Accepted::from_claims(&claims);
     if s.upstream.handles_system(&hub, "connect") {
         let req =
             ConnectRequest {
@@ -148,11 +184,7 @@ async fn endpoint(
                 subprotocols: offered.clone(),
                 ..Default::default()
             };
-        if let Err(refusal) =
-            call_connect(&s, &hub, &connection_id, req, &offered, &mut accepted).await
-        {
-            return refusal;
-        }
+        call_connect(&s, &hub, &connection_id, req, &offered, &mut accepted).await?;
     }
     // Without a handler's choice, the first JSON protocol offered (as Microsoft's emulator).
     let subprotocol = accepted.subprotocol.clone().or_else(|| {
@@ -170,7 +202,25 @@ async fn endpoint(
         accepted.roles,
         accepted.state,
     ));
-    let groups = accepted.groups;
+    Ok(start(
+        s,
+        conn,
+        accepted.groups,
+        subprotocol,
+        simple_mode,
+        ws,
+    ))
+}
+
+/// Answers `101` and runs the new connection's session.
+fn start(
+    s: Arc<Shared>,
+    conn: Arc<Conn>,
+    groups: Vec<String>,
+    subprotocol: Option<String>,
+    simple_mode: SimpleMode,
+    ws: WebSocketUpgrade,
+) -> Response {
     let ws = match subprotocol {
         Some(p) => ws.protocols([p]),
         None => ws,
@@ -195,8 +245,8 @@ fn multimap(pairs: impl Iterator<Item = (String, String)>) -> BTreeMap<String, V
     m
 }
 
-/// The blocking `connect` event. Err is the HTTP answer for the client: the handler's 4xx, or 500
-/// for a 5xx, a timeout, an unreachable handler or an invalid answer.
+/// The blocking `connect` event. Err is the answer for the client: the handler's 4xx, or 500 for
+/// a 5xx, a timeout, an unreachable handler or an invalid answer.
 async fn call_connect(
     s: &Shared,
     hub: &str,
@@ -204,7 +254,7 @@ async fn call_connect(
     req: ConnectRequest,
     offered: &[String],
     accepted: &mut Accepted,
-) -> Result<(), Response> {
+) -> Result<(), HandshakeError> {
     let ctx = s.context(
         hub,
         connection_id,
@@ -212,15 +262,7 @@ async fn call_connect(
         "connect",
         None,
     );
-    let reply = match s.upstream.call(&ctx, &Event::Connect(req), None, 1).await {
-        Ok(r) => r,
-        Err(e) => {
-            return Err(reject(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &format!("connect event failed: {e}"),
-            ))
-        }
-    };
+    let reply = s.upstream.call(&ctx, &Event::Connect(req), None, 1).await?;
     if !reply.status.is_success() {
         let status = if reply.status.is_client_error() {
             reply.status
@@ -233,18 +275,13 @@ async fn call_connect(
         } else {
             body.trim().to_string()
         };
-        return Err(reject(status, &reason));
+        return Err(HandshakeError::Refused { status, reason });
     }
     accepted.state = reply.state.clone().filter(|s| !s.is_empty());
     if reply.body.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
     }
-    let body: Value = serde_json::from_slice(&reply.body).map_err(|_| {
-        reject(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the connect handler answered 200 with a body that is not JSON",
-        )
-    })?;
+    let body: Value = serde_json::from_slice(&reply.body).map_err(|_| HandshakeError::NotJson)?;
     if let Some(u) = body.get("userId").and_then(Value::as_str) {
         accepted.user_id = Some(u.to_string());
     }
@@ -267,12 +304,7 @@ async fn call_connect(
         .filter(|p| !p.is_empty());
     if let Some(p) = chosen {
         if !offered.iter().any(|o| o == p) {
-            return Err(reject(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &format!(
-                    "the connect handler chose subprotocol {p:?}, which the client did not offer"
-                ),
-            ));
+            return Err(HandshakeError::NotOffered(p.to_string()));
         }
         accepted.subprotocol = Some(p.to_string());
     }

@@ -4,6 +4,7 @@
 //! endswith contains`. Strings compare case-insensitively, as the service documents.
 
 use std::collections::HashMap;
+use std::fmt;
 
 use serde_json::Value;
 
@@ -22,6 +23,37 @@ enum Expr {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Filter(Expr);
 
+/// Why a filter does not parse (the REST API answers 400 `invalid filter: …`).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FilterError {
+    #[error("unterminated string")]
+    UnterminatedString,
+    #[error("bad number {0:?}")]
+    BadNumber(String),
+    #[error("unexpected character {0:?}")]
+    UnexpectedChar(char),
+    #[error("filter too long")]
+    TooLong,
+    #[error("filter nested too deeply")]
+    TooDeep,
+    #[error("missing )")]
+    MissingClose,
+    #[error("{0} needs (")]
+    CallNeedsOpen(String),
+    #[error("unknown identifier {0:?}")]
+    UnknownIdentifier(String),
+    /// The token as `Debug` renders it (`None` at the end of the input), as the message always
+    /// showed it.
+    #[error("unexpected {0}")]
+    Unexpected(String),
+}
+
+impl FilterError {
+    fn unexpected(tok: impl fmt::Debug) -> FilterError {
+        FilterError::Unexpected(format!("{tok:?}"))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
     Str(String),
@@ -32,7 +64,7 @@ enum Tok {
     Comma,
 }
 
-fn lex(s: &str) -> Result<Vec<Tok>, String> {
+fn lex(s: &str) -> Result<Vec<Tok>, FilterError> {
     let mut out = Vec::new();
     let cs: Vec<char> = s.chars().collect();
     let mut i = 0;
@@ -57,7 +89,7 @@ fn lex(s: &str) -> Result<Vec<Tok>, String> {
                 i += 1;
                 loop {
                     match cs.get(i) {
-                        None => return Err("unterminated string".into()),
+                        None => return Err(FilterError::UnterminatedString),
                         Some('\'') if cs.get(i + 1) == Some(&'\'') => {
                             v.push('\'');
                             i += 2
@@ -81,9 +113,10 @@ fn lex(s: &str) -> Result<Vec<Tok>, String> {
                     i += 1
                 }
                 let n: String = cs[start..i].iter().collect();
-                out.push(Tok::Num(
-                    n.parse().map_err(|_| format!("bad number {n:?}"))?,
-                ));
+                let Ok(num) = n.parse() else {
+                    return Err(FilterError::BadNumber(n));
+                };
+                out.push(Tok::Num(num));
             }
             c if c.is_alphabetic() => {
                 let start = i;
@@ -92,10 +125,10 @@ fn lex(s: &str) -> Result<Vec<Tok>, String> {
                 }
                 out.push(Tok::Word(cs[start..i].iter().collect()));
             }
-            other => return Err(format!("unexpected character {other:?}")),
+            other => return Err(FilterError::UnexpectedChar(other)),
         }
         if out.len() > 2000 {
-            return Err("filter too long".into());
+            return Err(FilterError::TooLong);
         }
     }
     Ok(out)
@@ -116,10 +149,10 @@ impl Parser {
         self.pos += 1;
         t
     }
-    fn or(&mut self) -> Result<Expr, String> {
+    fn or(&mut self) -> Result<Expr, FilterError> {
         self.depth += 1;
         if self.depth > 64 {
-            return Err("filter nested too deeply".into());
+            return Err(FilterError::TooDeep);
         }
         let mut l = self.and()?;
         while self.peek_word("or") {
@@ -129,7 +162,7 @@ impl Parser {
         self.depth -= 1;
         Ok(l)
     }
-    fn and(&mut self) -> Result<Expr, String> {
+    fn and(&mut self) -> Result<Expr, FilterError> {
         let mut l = self.unary()?;
         while self.peek_word("and") {
             self.pos += 1;
@@ -137,7 +170,7 @@ impl Parser {
         }
         Ok(l)
     }
-    fn unary(&mut self) -> Result<Expr, String> {
+    fn unary(&mut self) -> Result<Expr, FilterError> {
         if self.peek_word("not") {
             self.pos += 1;
             return Ok(Expr::Not(Box::new(self.unary()?)));
@@ -152,7 +185,7 @@ impl Parser {
         }
         Ok(l)
     }
-    fn operand(&mut self) -> Result<Expr, String> {
+    fn operand(&mut self) -> Result<Expr, FilterError> {
         match self.next() {
             Some(Tok::Str(s)) => Ok(Expr::Lit(Value::from(s))),
             Some(Tok::Num(n)) => Ok(Expr::Lit(
@@ -168,7 +201,7 @@ impl Parser {
                     items.push(self.or()?);
                 }
                 if self.next() != Some(Tok::Close) {
-                    return Err("missing )".into());
+                    return Err(FilterError::MissingClose);
                 }
                 Ok(if items.len() == 1 {
                     items.pop().unwrap_or(Expr::Lit(Value::Null))
@@ -184,7 +217,7 @@ impl Parser {
                 f @ ("tolower" | "toupper" | "trim" | "length" | "startswith" | "endswith"
                 | "contains") => {
                     if self.next() != Some(Tok::Open) {
-                        return Err(format!("{f} needs ("));
+                        return Err(FilterError::CallNeedsOpen(f.to_string()));
                     }
                     let mut args = vec![self.or()?];
                     while self.toks.get(self.pos) == Some(&Tok::Comma) {
@@ -192,19 +225,19 @@ impl Parser {
                         args.push(self.or()?);
                     }
                     if self.next() != Some(Tok::Close) {
-                        return Err("missing )".into());
+                        return Err(FilterError::MissingClose);
                     }
                     Ok(Expr::Call(f.to_string(), args))
                 }
-                other => Err(format!("unknown identifier {other:?}")),
+                other => Err(FilterError::UnknownIdentifier(other.to_string())),
             },
-            other => Err(format!("unexpected {other:?}")),
+            other => Err(FilterError::unexpected(other)),
         }
     }
 }
 
 impl Filter {
-    pub fn parse(s: &str) -> Result<Filter, String> {
+    pub fn parse(s: &str) -> Result<Filter, FilterError> {
         let mut p = Parser {
             toks: lex(s)?,
             pos: 0,
@@ -212,7 +245,7 @@ impl Filter {
         };
         let e = p.or()?;
         if p.pos != p.toks.len() {
-            return Err(format!("unexpected {:?}", p.toks[p.pos]));
+            return Err(FilterError::unexpected(&p.toks[p.pos]));
         }
         Ok(Filter(e))
     }
@@ -345,5 +378,15 @@ mod tests {
             assert!(Filter::parse(bad).is_err(), "{bad}");
         }
         assert!(Filter::parse(&"(".repeat(500)).is_err());
+        // The reasons the REST API puts after `invalid filter: `.
+        for (bad, reason) in [
+            ("userId eq", "unexpected None"),
+            ("userId eq 'a' 'b'", "unexpected Str(\"b\")"),
+            ("bogus eq 1", "unknown identifier \"bogus\""),
+            ("#", "unexpected character '#'"),
+            ("'x", "unterminated string"),
+        ] {
+            assert_eq!(Filter::parse(bad).unwrap_err().to_string(), reason, "{bad}");
+        }
     }
 }

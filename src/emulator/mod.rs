@@ -6,11 +6,14 @@
 //! |---|---|
 //! | `auth` | client access tokens and REST bearer tokens (JWT, HS256 with the access key) |
 //! | `client` | the client endpoint's handshake: token, blocking `connect` webhook, `101`; recovery |
-//! | `session` | one socket's life: `connected`, the frame loop of each protocol, final close or drop |
+//! | `session` | one socket's life: `connected`, read and write loops, final close or drop (recovery) |
+//! | `frame` | the JSON protocols' client frames (`ClientFrame`, a serde-tagged enum) and their data |
+//! | `handle` | what each client frame does: acks, groups, user events, invocations; simple clients |
 //! | `conn` | one logical connection: roles, state, ackIds, outbound queue with sequence ids |
 //! | `hub` | connections and groups per hub |
 //! | `upstream` | event-handler settings and the webhook calls (abuse protection, signing, timeouts) |
-//! | `rest` | the REST API 2024-12-01, `filter` its OData filters |
+//! | `rest` | the REST API 2024-12-01 (`RestOp`: route, then one function per operation), `filter` its OData filters |
+//! | `lenient` | serde helpers for optional JSON fields read leniently (frames, REST bodies) |
 //!
 //! It builds webhooks with the same `protocol` module the handler parses them with; the tests
 //! pin both sides with the official `@azure/web-pubsub-client` and `@azure/web-pubsub` packages.
@@ -20,7 +23,10 @@ mod auth;
 mod client;
 mod conn;
 mod filter;
+mod frame;
+mod handle;
 mod hub;
+mod lenient;
 mod rest;
 mod session;
 #[cfg(test)]
@@ -37,9 +43,9 @@ use axum::Router;
 
 pub use client::NOT_RECOVERABLE;
 pub use conn::{JSON_RELIABLE_V1, JSON_V1};
-pub use filter::Filter;
+pub use filter::{Filter, FilterError};
 pub use session::MAX_FRAME;
-pub use upstream::{HandlerSettings, WebhookLog, WebhookObserver};
+pub use upstream::{HandlerSettings, InvalidHandlerSpec, WebhookLog, WebhookObserver};
 
 use crate::protocol::{DisconnectedRequest, Event, EventContext, EventData, UserEvent};
 use crate::service::AccessKey;
@@ -302,28 +308,27 @@ impl Shared {
         )
     }
 
-    /// Sends a user event upstream; Ok is the reply to relay (None: nothing), Err a reason.
+    /// Sends a user event upstream; Ok is the reply to relay (None: nothing).
     pub(crate) async fn user_event(
         &self,
         conn: &Conn,
         name: &str,
         data: EventData,
-    ) -> Result<Option<EventData>, String> {
+    ) -> Result<Option<EventData>, UserEventError> {
         let event = Event::User(UserEvent {
             name: name.to_string(),
             data,
         });
         if !self.upstream.handles(&conn.hub, &event, name) {
-            return Err(format!("No event handler for user event {name:?}."));
+            return Err(UserEventError::NoHandler(name.to_string()));
         }
         let ctx = self.conn_context(conn, name);
         let reply = self
             .upstream
             .call(&ctx, &event, conn.state().as_deref(), 1)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         if !reply.status.is_success() {
-            return Err(format!("The event handler answered {}.", reply.status));
+            return Err(UserEventError::Status(reply.status));
         }
         conn.set_state(reply.state.clone());
         reply_data(&reply)
@@ -401,8 +406,24 @@ impl Shared {
     }
 }
 
+/// Why a user event got no usable answer: the client's ack or `invokeResponse` error message
+/// (a simple client's close reason).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UserEventError {
+    #[error("No event handler for user event {0:?}.")]
+    NoHandler(String),
+    #[error(transparent)]
+    Upstream(#[from] upstream::UpstreamError),
+    #[error("The event handler answered {0}.")]
+    Status(http::StatusCode),
+    #[error("The event handler returned invalid JSON: {0}")]
+    InvalidJson(serde_json::Error),
+    #[error("The event handler returned unsupported content type {0:?}.")]
+    UnsupportedType(String),
+}
+
 /// A user-event handler's 2xx answer as data for the client (text, JSON, binary by media type).
-fn reply_data(reply: &UpstreamReply) -> Result<Option<EventData>, String> {
+fn reply_data(reply: &UpstreamReply) -> Result<Option<EventData>, UserEventError> {
     if reply.status == http::StatusCode::NO_CONTENT || reply.body.is_empty() {
         return Ok(None);
     }
@@ -421,10 +442,8 @@ fn reply_data(reply: &UpstreamReply) -> Result<Option<EventData>, String> {
         ))),
         "application/json" => serde_json::from_slice(&reply.body)
             .map(|v| Some(EventData::Json(v)))
-            .map_err(|e| format!("The event handler returned invalid JSON: {e}")),
+            .map_err(UserEventError::InvalidJson),
         "application/octet-stream" => Ok(Some(EventData::Binary(reply.body.clone()))),
-        other => Err(format!(
-            "The event handler returned unsupported content type {other:?}."
-        )),
+        other => Err(UserEventError::UnsupportedType(other.to_string())),
     }
 }

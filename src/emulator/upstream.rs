@@ -26,6 +26,11 @@ pub struct HandlerSettings {
     pub system_events: Vec<String>,
 }
 
+/// An `--event-handler` value that is not `[hub=]http(s)-url-template`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an http(s) URL template (e.g. http://127.0.0.1:3000/api/{{event}})")]
+pub struct InvalidHandlerSpec(pub String);
+
 impl HandlerSettings {
     /// Everything to `url_template`: connect, connected, disconnected and every user event.
     pub fn all_events(hub: &str, url_template: &str) -> HandlerSettings {
@@ -38,7 +43,7 @@ impl HandlerSettings {
     }
 
     /// `[hub=]url-template` as `hubhook emulator --event-handler` takes it (no hub: every hub).
-    pub fn parse(spec: &str) -> Result<HandlerSettings, String> {
+    pub fn parse(spec: &str) -> Result<HandlerSettings, InvalidHandlerSpec> {
         let (hub, url) = match spec.split_once('=') {
             Some((hub, url)) if !hub.contains([':', '/', '?']) => (hub.trim(), url.trim()),
             _ => ("*", spec.trim()),
@@ -48,9 +53,7 @@ impl HandlerSettings {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {
                 Ok(HandlerSettings::all_events(hub, url))
             }
-            _ => Err(format!(
-                "{spec:?} is not an http(s) URL template (e.g. http://127.0.0.1:3000/api/{{event}})"
-            )),
+            _ => Err(InvalidHandlerSpec(spec.to_string())),
         }
     }
 
@@ -354,7 +357,10 @@ mod tests {
         let h = HandlerSettings::parse("chat=http://h/{hub}/{event}").unwrap();
         assert_eq!(h.hub, "chat");
         assert!(HandlerSettings::parse("tunnel:///x").is_err());
-        assert!(HandlerSettings::parse("not a url").is_err());
+        assert_eq!(
+            HandlerSettings::parse("not a url").unwrap_err().to_string(),
+            "\"not a url\" is not an http(s) URL template (e.g. http://127.0.0.1:3000/api/{event})"
+        );
     }
 
     #[test]
