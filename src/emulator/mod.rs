@@ -23,8 +23,6 @@ mod filter;
 mod hub;
 mod rest;
 mod session;
-#[cfg(test)]
-mod tests;
 mod upstream;
 
 use std::fmt;
