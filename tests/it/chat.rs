@@ -558,10 +558,8 @@ async fn negotiate_is_off_unless_loopback_or_opened() {
 async fn unreachable_store_is_503_with_a_reason_and_no_broadcast() {
     use hubhook::store::dynamodb::{DynamoOptions, DynamoStore};
     let rest = rest_stand_in().await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // Nothing listens on a port that was just free.
+    let dead = format!("127.0.0.1:{}", free_port());
     let conf = aws_sdk_dynamodb::Config::builder()
         .behavior_version_latest()
         .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
