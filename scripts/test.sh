@@ -19,9 +19,20 @@ if [ -f template.yaml ]; then
 fi
 
 # Library, binary and integration tests (benches and examples are compiled by clippy in CI).
+# The packages are installed above, so a Node-backed test must run: HUBHOOK_REQUIRE_NODE=1 turns
+# its "skipped" (plain `cargo test` without Node.js) into a failure.
+export HUBHOOK_REQUIRE_NODE=1
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --lib --bins --tests "$@" 2>&1 | tee "$log"
+status=0
+cargo test --lib --bins --tests "$@" 2>&1 | tee "$log" || status=$?
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?/) p += $(i-1); if ($i ~ /^failed;?/) f += $(i-1) } }
      END { printf "%d passed, %d failed\n", p, f }' "$log"
+# Belt and braces: nothing may have been skipped.
+if grep -q 'skipped [a-z_:]*: needs Node.js' "$log"; then
+  echo "test.sh: Node-backed tests were skipped:" >&2
+  grep -o 'skipped [a-z_:]*: needs Node.js.*' "$log" >&2
+  status=1
+fi
+exit "$status"

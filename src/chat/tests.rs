@@ -16,18 +16,7 @@ fn chat(dir: &tempfile::TempDir, config: ChatConfig) -> Chat {
 }
 
 fn ctx(user: Option<&str>) -> EventContext {
-    EventContext {
-        hub: "chat".into(),
-        connection_id: "c1".into(),
-        user_id: user.map(Into::into),
-        event_name: "connect".into(),
-        ce_id: "1".into(),
-        ce_time: None,
-        subprotocol: None,
-        state: ConnectionState::default(),
-        origin: None,
-        mqtt: None,
-    }
+    EventContext::new("chat", "connect", "c1", "1").with_user_id(user)
 }
 
 fn connect_req(query_room: Option<&str>, roles: &[&str], subprotocols: &[&str]) -> ConnectRequest {

@@ -29,8 +29,6 @@ mod hub;
 mod lenient;
 mod rest;
 mod session;
-#[cfg(test)]
-mod tests;
 mod upstream;
 
 use std::fmt;

@@ -28,6 +28,60 @@ pub struct EventContext {
     pub mqtt: Option<MqttContext>,
 }
 
+impl EventContext {
+    /// A context with the four fields every event has; everything optional is unset (no user,
+    /// time, subprotocol, origin or MQTT context; empty state). Fill in with the `with_*` methods.
+    pub fn new(
+        hub: impl Into<String>,
+        event_name: impl Into<String>,
+        connection_id: impl Into<String>,
+        ce_id: impl Into<String>,
+    ) -> Self {
+        EventContext {
+            hub: hub.into(),
+            connection_id: connection_id.into(),
+            user_id: None,
+            event_name: event_name.into(),
+            ce_id: ce_id.into(),
+            ce_time: None,
+            subprotocol: None,
+            state: ConnectionState::default(),
+            origin: None,
+            mqtt: None,
+        }
+    }
+
+    pub fn with_user_id(mut self, user_id: Option<&str>) -> Self {
+        self.user_id = user_id.map(String::from);
+        self
+    }
+
+    pub fn with_time(mut self, ce_time: impl Into<String>) -> Self {
+        self.ce_time = Some(ce_time.into());
+        self
+    }
+
+    pub fn with_subprotocol(mut self, subprotocol: Option<&str>) -> Self {
+        self.subprotocol = subprotocol.map(String::from);
+        self
+    }
+
+    pub fn with_state(mut self, state: ConnectionState) -> Self {
+        self.state = state;
+        self
+    }
+
+    pub fn with_origin(mut self, origin: impl Into<String>) -> Self {
+        self.origin = Some(origin.into());
+        self
+    }
+
+    pub fn with_event_name(mut self, event_name: impl Into<String>) -> Self {
+        self.event_name = event_name.into();
+        self
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct MqttContext {
     pub physical_connection_id: String,

@@ -406,18 +406,12 @@ fn hostile_input_gets_typed_errors_not_panics() {
 fn builder_and_parser_agree() {
     let mut state = ConnectionState::default();
     state.set("room", "lobby");
-    let ctx = EventContext {
-        hub: "chat".into(),
-        connection_id: CID.into(),
-        user_id: Some("alice".into()),
-        event_name: "message".into(),
-        ce_id: "7".into(),
-        ce_time: Some("2024-05-01T10:00:00Z".into()),
-        subprotocol: Some("json.webpubsub.azure.v1".into()),
-        state,
-        origin: Some("localhost".into()),
-        mqtt: None,
-    };
+    let ctx = EventContext::new("chat", "message", CID, "7")
+        .with_user_id(Some("alice"))
+        .with_time("2024-05-01T10:00:00Z")
+        .with_subprotocol(Some("json.webpubsub.azure.v1"))
+        .with_state(state)
+        .with_origin("localhost");
     let events = [
         Event::Connect(ConnectRequest {
             subprotocols: vec!["a".into()],

@@ -2,99 +2,92 @@
 //! a loopback stand-in for the AWS Lambda Runtime API delivering Function URL (payload v2)
 //! events, and the Azure Functions host's forwarded HTTP requests on `FUNCTIONS_CUSTOMHANDLER_PORT`.
 
-mod support;
-
 use std::collections::VecDeque;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::http::HeaderMap;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use hubhook::protocol::{build_webhook, ConnectRequest, Event};
 use serde_json::{json, Value};
-use support::*;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
-struct KillOnDrop(Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::support::*;
 
 const ARN: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:hubhook/webpubsub-AbCdEf";
+const RUNTIME: &str = "/2018-06-01/runtime";
 
-type ResultSender = mpsc::UnboundedSender<(String, Value)>;
-
-/// The slice of the Lambda Runtime API a function uses: `next` hands out queued events, the
-/// function posts each response (or an error) back.
+/// The slice of the Lambda Runtime API a function uses, on a [`StandIn`]: `next` hands out
+/// queued events (waiting for one), the function posts each response (or an error) back, which
+/// the stand-in records.
 #[derive(Clone, Default)]
 struct RuntimeApi {
     queue: Arc<Mutex<VecDeque<(String, Value)>>>,
     ready: Arc<Notify>,
-    results: Arc<Mutex<Option<ResultSender>>>,
 }
 
-async fn next(State(api): State<RuntimeApi>) -> impl IntoResponse {
-    loop {
-        if let Some((id, event)) = api.queue.lock().unwrap().pop_front() {
-            let mut h = HeaderMap::new();
-            h.insert("lambda-runtime-aws-request-id", id.parse().unwrap());
-            let deadline = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis()
-                + 30_000;
-            h.insert(
-                "lambda-runtime-deadline-ms",
-                deadline.to_string().parse().unwrap(),
-            );
-            h.insert(
-                "lambda-runtime-invoked-function-arn",
-                "arn:aws:lambda:us-east-1:123456789012:function:hubhook"
-                    .parse()
-                    .unwrap(),
-            );
-            h.insert(
-                "lambda-runtime-trace-id",
-                "Root=1-00000000-000000000000000000000000".parse().unwrap(),
-            );
-            return (h, Json(event));
+impl RuntimeApi {
+    fn script(&self) -> Script {
+        let api = self.clone();
+        Script::async_handler(move |r| {
+            let api = api.clone();
+            async move {
+                let path = r.path.strip_prefix(RUNTIME).unwrap_or_default();
+                match (r.method.as_str(), path) {
+                    ("GET", "/invocation/next") => Some(api.next().await),
+                    ("POST", "/init/error") => {
+                        eprintln!("init error: {}", String::from_utf8_lossy(&r.body));
+                        Some(reply(202))
+                    }
+                    ("POST", p) if p.ends_with("/response") || p.ends_with("/error") => {
+                        Some(reply(202))
+                    }
+                    _ => Some(reply(404)),
+                }
+            }
+        })
+    }
+
+    async fn next(&self) -> Reply {
+        loop {
+            let queued = self.queue.lock().unwrap().pop_front();
+            if let Some((id, event)) = queued {
+                let deadline = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis()
+                    + 30_000;
+                return reply(200)
+                    .json(event)
+                    .header("lambda-runtime-aws-request-id", &id)
+                    .header("lambda-runtime-deadline-ms", &deadline.to_string())
+                    .header(
+                        "lambda-runtime-invoked-function-arn",
+                        "arn:aws:lambda:us-east-1:123456789012:function:hubhook",
+                    )
+                    .header(
+                        "lambda-runtime-trace-id",
+                        "Root=1-00000000-000000000000000000000000",
+                    );
+            }
+            self.ready.notified().await;
         }
-        api.ready.notified().await;
     }
 }
 
-async fn response(
-    State(api): State<RuntimeApi>,
-    Path(id): Path<String>,
-    body: axum::body::Bytes,
-) -> StatusCode {
-    let v: Value = serde_json::from_slice(&body)
-        .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&body)}));
-    if let Some(tx) = api.results.lock().unwrap().as_ref() {
-        let _ = tx.send((id, v));
-    }
-    StatusCode::ACCEPTED
-}
-
-async fn error(
-    State(api): State<RuntimeApi>,
-    Path(id): Path<String>,
-    body: axum::body::Bytes,
-) -> StatusCode {
-    let v = json!({"error": String::from_utf8_lossy(&body)});
-    if let Some(tx) = api.results.lock().unwrap().as_ref() {
-        let _ = tx.send((id, v));
-    }
-    StatusCode::ACCEPTED
+/// What the function posted back for invocation `id`: the response, or `{"error": …}`.
+fn lambda_result(r: &Request) -> Option<(String, Value)> {
+    let rest = r.path.strip_prefix(RUNTIME)?.strip_prefix("/invocation/")?;
+    let (id, kind) = rest.split_once('/')?;
+    let v = match kind {
+        "response" => serde_json::from_slice(&r.body)
+            .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&r.body)})),
+        "error" => json!({"error": String::from_utf8_lossy(&r.body)}),
+        _ => return None,
+    };
+    Some((id.to_string(), v))
 }
 
 fn function_url_event(
@@ -127,19 +120,10 @@ fn function_url_event(
     })
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn hubhook(envs: &[(&str, String)]) -> KillOnDrop {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_hubhook"));
+    let mut c = hubhook_command();
     c.env_remove("PORT")
         .env_remove("WEBPUBSUB_CONNECTION_STRING")
-        .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     for (k, v) in envs {
@@ -155,46 +139,29 @@ fn signed(c: &hubhook::protocol::EventContext, e: &Event) -> (HeaderMap, Vec<u8>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lambda_function_url_flow_on_dynamodb() {
-    let rest = RestStandIn::start().await;
-    let dynamo = Dynalite::start().await;
-    // Secrets Manager is a cloud endpoint we cannot run: a loopback stand-in answers
-    // GetSecretValue (JSON 1.1 protocol) and records which secret was asked for.
-    let asked = Arc::new(Mutex::new(Vec::<Value>::new()));
-    let secret = rest.connection_string();
-    let sm = Router::new()
-        .fallback({
-            let asked = asked.clone();
-            move |headers: HeaderMap, body: axum::body::Bytes| async move {
-                let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-                let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                asked.lock().unwrap().push(json!({"target": target, "req": req}));
-                ([("content-type", "application/x-amz-json-1.1")], Json(json!({"ARN": req["SecretId"], "Name": "hubhook/webpubsub", "SecretString": secret})))
-            }
-        });
-    let sm_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sm_addr = sm_listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(sm_listener, sm).await.unwrap() });
+    let Some(dynamo) =
+        Dynalite::start_or_skip("runtimes::lambda_function_url_flow_on_dynamodb").await
+    else {
+        return;
+    };
+    let rest = rest_stand_in().await;
+    // Secrets Manager is a cloud endpoint we cannot run: a stand-in answers GetSecretValue
+    // (JSON 1.1 protocol) and records which secret was asked for.
+    let secret = connection_string(&rest);
+    let sm = StandIn::start(Script::handler(move |r| {
+        let req: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        Some(reply(200).body(
+            "application/x-amz-json-1.1",
+            json!({"ARN": req["SecretId"], "Name": "hubhook/webpubsub", "SecretString": secret})
+                .to_string()
+                .as_bytes(),
+        ))
+    }))
+    .await;
+    let sm_addr = sm.addr;
     let api = RuntimeApi::default();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    *api.results.lock().unwrap() = Some(tx);
-    let app = Router::new()
-        .route("/2018-06-01/runtime/invocation/next", get(next))
-        .route(
-            "/2018-06-01/runtime/invocation/{id}/response",
-            post(response),
-        )
-        .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
-        .route(
-            "/2018-06-01/runtime/init/error",
-            post(|body: String| async move {
-                eprintln!("init error: {body}");
-                StatusCode::ACCEPTED
-            }),
-        )
-        .with_state(api.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let runtime_addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let runtime = StandIn::start(api.script()).await;
+    let runtime_addr = runtime.addr;
 
     let _fn = hubhook(&[
         ("AWS_LAMBDA_RUNTIME_API", runtime_addr.to_string()),
@@ -231,11 +198,25 @@ async fn lambda_function_url_flow_on_dynamodb() {
         api.ready.notify_one();
         id
     };
+    // The function's answers, in the order it posted them.
+    let mut answered = 0;
     let mut recv = async |id: String| -> Value {
-        let (got, v) = tokio::time::timeout(Duration::from_secs(20), rx.recv())
-            .await
-            .expect("lambda answered")
-            .unwrap();
+        let results = || {
+            runtime
+                .requests()
+                .iter()
+                .filter_map(lambda_result)
+                .collect::<Vec<_>>()
+        };
+        let came = poll(
+            Duration::from_secs(20),
+            Duration::from_millis(10),
+            async || results().len() > answered,
+        )
+        .await;
+        assert!(came, "lambda answered");
+        let (got, v) = results().swap_remove(answered);
+        answered += 1;
         assert_eq!(got, id);
         v
     };
@@ -266,13 +247,7 @@ async fn lambda_function_url_flow_on_dynamodb() {
     let mut req = ConnectRequest::default();
     req.query.insert("room".into(), vec!["lambda-room".into()]);
     let c = ctx("c1", Some("alice"), "1", None);
-    let (h, b) = signed(
-        &hubhook::protocol::EventContext {
-            event_name: "connect".into(),
-            ..c
-        },
-        &Event::Connect(req),
-    );
+    let (h, b) = signed(&c.with_event_name("connect"), &Event::Connect(req));
     let v = recv(invoke(function_url_event(
         "POST",
         "/eventhandler",
@@ -290,8 +265,7 @@ async fn lambda_function_url_flow_on_dynamodb() {
         .to_string();
 
     // 3. message (binary-safe path: the body arrives base64 and must be decoded)
-    let mut c = ctx("c1", Some("alice"), "2", Some("lambda-room"));
-    c.event_name = "message".into();
+    let c = ctx("c1", Some("alice"), "2", Some("lambda-room")).with_event_name("message");
     let (mut h, b) = signed(&c, &message("from lambda"));
     h.insert("ce-connectionstate", state.parse().unwrap());
     let v = recv(invoke(function_url_event(
@@ -308,7 +282,7 @@ async fn lambda_function_url_flow_on_dynamodb() {
         (reply["stored"].as_bool(), reply["broadcast"].as_bool()),
         (Some(true), Some(true))
     );
-    let calls = rest.calls();
+    let calls = rest.requests();
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].path, "/api/hubs/chat/groups/lambda-room/:send");
     assert_eq!(calls[0].json()["text"], "from lambda");
@@ -328,10 +302,13 @@ async fn lambda_function_url_flow_on_dynamodb() {
     assert_eq!(body_of(&v), b"signature validation failed");
 
     // the connection string was read from Secrets Manager exactly once, at cold start
-    let asked = asked.lock().unwrap().clone();
+    let asked = sm.requests();
     assert_eq!(asked.len(), 1, "{asked:?}");
-    assert_eq!(asked[0]["target"], "secretsmanager.GetSecretValue");
-    assert_eq!(asked[0]["req"]["SecretId"], ARN);
+    assert_eq!(
+        asked[0].header("x-amz-target").as_deref(),
+        Some("secretsmanager.GetSecretValue")
+    );
+    assert_eq!(asked[0].json_or_null()["SecretId"], ARN);
 
     // 5. history
     let v = recv(invoke(function_url_event(
@@ -350,12 +327,12 @@ async fn lambda_function_url_flow_on_dynamodb() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_functions_custom_handler_flow() {
-    let rest = RestStandIn::start().await;
+    let rest = rest_stand_in().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let _fn = hubhook(&[
         ("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string()),
-        ("WEBPUBSUB_CONNECTION_STRING", rest.connection_string()),
+        ("WEBPUBSUB_CONNECTION_STRING", connection_string(&rest)),
         (
             "HUBHOOK_ALLOWED_ORIGINS",
             "contoso.webpubsub.azure.com".into(),
@@ -368,14 +345,12 @@ async fn azure_functions_custom_handler_flow() {
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     // The host polls GET / until anything answers.
-    let mut up = false;
-    for _ in 0..400 {
-        if http.get(format!("{base}/")).send().await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let up = poll(
+        Duration::from_secs(10),
+        Duration::from_millis(25),
+        async || http.get(format!("{base}/")).send().await.is_ok(),
+    )
+    .await;
     assert!(
         up,
         "custom handler did not listen on FUNCTIONS_CUSTOMHANDLER_PORT"
@@ -400,10 +375,7 @@ async fn azure_functions_custom_handler_flow() {
     );
 
     let (h, b) = signed(
-        &hubhook::protocol::EventContext {
-            event_name: "connected".into(),
-            ..ctx("c9", Some("bob"), "1", Some("lobby"))
-        },
+        &ctx("c9", Some("bob"), "1", Some("lobby")).with_event_name("connected"),
         &Event::Connected,
     );
     let r = host(http.post(format!("{base}/eventhandler")))
@@ -413,8 +385,7 @@ async fn azure_functions_custom_handler_flow() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let mut c = ctx("c9", Some("bob"), "2", Some("lobby"));
-    c.event_name = "message".into();
+    let c = ctx("c9", Some("bob"), "2", Some("lobby")).with_event_name("message");
     let (h, b) = signed(&c, &message("from functions"));
     let r = host(http.post(format!("{base}/eventhandler")))
         .headers(h)
@@ -432,7 +403,7 @@ async fn azure_functions_custom_handler_flow() {
         .unwrap();
     assert_eq!(page["messages"][0]["text"], "from functions");
     let kinds: Vec<String> = rest
-        .calls()
+        .requests()
         .iter()
         .map(|c| c.json()["type"].as_str().unwrap().to_string())
         .collect();

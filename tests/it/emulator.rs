@@ -4,23 +4,16 @@
 //! clients (tokens, frames) and bad event handlers (500, hanging).
 //!
 //! Every test is bounded: each has an overall timeout, each Node script a watchdog. The Node
-//! tests need `tests/js/node_modules` (`bash scripts/js-deps.sh`) and FAIL without it.
-
-mod support;
+//! tests need Node.js and `tests/js/node_modules` (`bash scripts/js-deps.sh`); without them they
+//! are skipped with a printed reason, or fail under `HUBHOOK_REQUIRE_NODE=1` (`scripts/test.sh`).
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::any;
-use axum::Router;
+use axum::http::Method;
 use futures_util::{SinkExt, StreamExt};
 use hubhook::config::{Config, Defaults, ServeArgs};
 use hubhook::emulator::{
@@ -35,7 +28,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use support::{KEY, KEY2};
+use crate::support::{
+    hubhook_command, node_or_skip, reply, NodeEnv, Reply, Request, Script, StandIn, KEY, KEY2,
+};
 
 const JSON_V1: &str = "json.webpubsub.azure.v1";
 const RELIABLE_V1: &str = "json.reliable.webpubsub.azure.v1";
@@ -65,92 +60,67 @@ async fn step<T>(what: &str, f: impl Future<Output = T>) -> T {
 // connect, `unvalidated` refuses the abuse-protection handshake. Everywhere else connect is accepted; user event `fail` gets 500, `hang` no answer,
 // `silent` 204, anything else is echoed back with its content type.
 
-#[derive(Debug, Clone)]
-struct Hook {
-    hub: String,
-    ce_type: String,
-    content_type: Option<String>,
-    body: Bytes,
+/// The hub of a request to the scripted handler (`/{hub}/{event}`).
+fn hub_of(r: &Request) -> &str {
+    r.path
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or("")
 }
 
-#[derive(Clone, Default)]
-struct Hooks(Arc<Mutex<Vec<Hook>>>);
+/// What the scripted handler has received (the abuse-protection `OPTIONS` aside).
+#[derive(Clone)]
+struct Hooks(StandIn);
 
 impl Hooks {
-    fn all(&self) -> Vec<Hook> {
-        self.0.lock().unwrap().clone()
+    fn all(&self) -> Vec<Request> {
+        self.0.matching(|r| r.method != "OPTIONS")
     }
 
     fn count(&self, hub: &str, ce_type: &str) -> usize {
         self.all()
             .iter()
-            .filter(|h| h.hub == hub && h.ce_type == ce_type)
+            .filter(|h| hub_of(h) == hub && h.header("ce-type").as_deref() == Some(ce_type))
             .count()
     }
 }
 
-async fn scripted_handler(
-    State(hooks): State<Hooks>,
-    UrlPath((hub, _event)): UrlPath<(String, String)>,
-    method: Method,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if method == Method::OPTIONS {
+fn scripted_reply(r: &Request) -> Reply {
+    let segments: Vec<&str> = r.path.trim_start_matches('/').split('/').collect();
+    let [hub, _event] = segments[..] else {
+        return reply(404);
+    };
+    if r.method == "OPTIONS" {
         if hub == "unvalidated" {
-            return StatusCode::FORBIDDEN.into_response();
+            return reply(403);
         }
-        return ([("WebHook-Allowed-Origin", "*")], "").into_response();
+        return reply(200).header("WebHook-Allowed-Origin", "*");
     }
-    let h = |n: &str| {
-        headers
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .map(String::from)
-    };
-    let ce_type = h("ce-type").unwrap_or_default();
-    let content_type = h("content-type");
-    hooks.0.lock().unwrap().push(Hook {
-        hub: hub.clone(),
-        ce_type: ce_type.clone(),
-        content_type: content_type.clone(),
-        body: body.clone(),
-    });
-    let hang = || async {
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-        StatusCode::OK.into_response()
-    };
+    let ce_type = r.header("ce-type").unwrap_or_default();
     match ce_type.as_str() {
-        "azure.webpubsub.sys.connect" => match hub.as_str() {
-            "refuse500" => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
-            "refuse401" => (StatusCode::UNAUTHORIZED, "not you").into_response(),
-            "hang" => hang().await,
-            _ => StatusCode::OK.into_response(),
+        "azure.webpubsub.sys.connect" => match hub {
+            "refuse500" => reply(500).text("boom"),
+            "refuse401" => reply(401).text("not you"),
+            "hang" => reply(200).hang(),
+            _ => reply(200),
         },
-        "azure.webpubsub.sys.connected" | "azure.webpubsub.sys.disconnected" => {
-            StatusCode::NO_CONTENT.into_response()
-        }
-        "azure.webpubsub.user.fail" => {
-            (StatusCode::INTERNAL_SERVER_ERROR, "handler failed").into_response()
-        }
-        "azure.webpubsub.user.hang" => hang().await,
-        "azure.webpubsub.user.silent" => StatusCode::NO_CONTENT.into_response(),
+        "azure.webpubsub.sys.connected" | "azure.webpubsub.sys.disconnected" => reply(204),
+        "azure.webpubsub.user.fail" => reply(500).text("handler failed"),
+        "azure.webpubsub.user.hang" => reply(200).hang(),
+        "azure.webpubsub.user.silent" => reply(204),
         _ => {
-            let ct = content_type.unwrap_or_else(|| "application/octet-stream".into());
-            ([("content-type", ct)], body).into_response()
+            let ct = r
+                .header("content-type")
+                .unwrap_or_else(|| "application/octet-stream".into());
+            reply(200).body(&ct, &r.body)
         }
     }
 }
 
 async fn start_scripted_handler() -> (SocketAddr, Hooks) {
-    let hooks = Hooks::default();
-    let app = Router::new()
-        .route("/{hub}/{event}", any(scripted_handler))
-        .with_state(hooks.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (addr, hooks)
+    let stand_in = StandIn::start(Script::handler(|r| Some(scripted_reply(r)))).await;
+    (stand_in.addr, Hooks(stand_in))
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -375,66 +345,11 @@ async fn assert_alive(ws: &mut Ws, what: &str) {
 // ------------------------------------------------------------------------------------------------
 // Node scripts
 
-fn manifest_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn require_node_modules() {
-    let modules: PathBuf = manifest_dir().join("tests/js/node_modules");
-    for pkg in ["@azure/web-pubsub-client", "@azure/web-pubsub", "ws"] {
-        assert!(
-            modules.join(pkg).join("package.json").is_file(),
-            "tests/js/node_modules/{pkg} is missing: run `bash scripts/js-deps.sh` (installs the \
-             pinned npm packages with `npm ci`) or the README's test command `bash scripts/test.sh`"
-        );
-    }
-}
-
-/// Runs `node tests/js/<script>` with `env`; returns its one JSON result line, which must say ok.
-async fn node(script: &str, env: &[(&str, String)]) -> Value {
-    require_node_modules();
-    let started = Instant::now();
-    let child = tokio::process::Command::new("node")
-        .arg(format!("tests/js/{script}"))
-        .current_dir(manifest_dir())
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run `node` ({e}): install Node.js >= 20, then `bash scripts/js-deps.sh`")
-        });
-    // The scripts have their own watchdogs (≤ 60 s); this is the backstop.
-    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("node {script} still running after 90 s (killed)"))
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stdout.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
-    let v: Value = serde_json::from_str(line).unwrap_or_else(|e| {
-        panic!(
-            "node {script} ({}): no JSON result line ({e})\nstdout: {stdout}\nstderr: {stderr}",
-            out.status
-        )
-    });
-    assert!(
-        out.status.success() && v["ok"] == true,
-        "node {script} failed ({}): {}\nstderr:\n{stderr}",
-        out.status,
-        v["error"].as_str().unwrap_or(line)
-    );
-    eprintln!(
-        "node {script} {:?}: ok in {:.1} s",
-        env.iter()
-            .filter(|(k, _)| *k == "PROTOCOL")
-            .map(|(_, v)| v.as_str())
-            .collect::<Vec<_>>(),
-        started.elapsed().as_secs_f64()
-    );
-    v
+/// Node.js and the client packages, or `None` (skipped, see `support::node_or_skip`).
+fn clients_or_skip(test: &str) -> Option<NodeEnv> {
+    let node = node_or_skip(test)?;
+    node.require(&["@azure/web-pubsub-client", "@azure/web-pubsub", "ws"]);
+    Some(node)
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -454,21 +369,21 @@ impl DevProcess {
     /// `hubhook dev --emulator-port 0 --port 0`: both ports read back from what it prints.
     async fn start() -> DevProcess {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hubhook"))
+        let mut command = hubhook_command();
+        command
             .args(["dev", "--emulator-port", "0", "--port", "0"])
             .env(
                 "HUBHOOK_STORE",
                 format!("sqlite://{}", dir.path().join("dev.db").display()),
             )
-            .env("RUST_LOG", "warn")
             .env_remove("WEBPUBSUB_CONNECTION_STRING")
             .env_remove("WEBPUBSUB_HUB")
             .env_remove("PORT")
             .env_remove("HUBHOOK_EMULATOR_PORT")
             .env_remove("HUBHOOK_BIND")
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        let mut child = tokio::process::Command::from(command)
             .kill_on_drop(true)
             .spawn()
             .expect("run target/debug/hubhook");
@@ -521,7 +436,10 @@ impl DevProcess {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_against_hubhook_dev_both_protocols() {
-    require_node_modules();
+    let Some(node) = clients_or_skip("emulator::quickstart_against_hubhook_dev_both_protocols")
+    else {
+        return;
+    };
     bounded(120, "quickstart", async {
         let mut dev = DevProcess::start().await;
         let http = reqwest::Client::new();
@@ -545,7 +463,7 @@ async fn quickstart_against_hubhook_dev_both_protocols() {
             if let Some(u) = client_url {
                 env.push(("CLIENT_URL", u));
             }
-            let out = node("e2e-quickstart.mjs", &env).await;
+            let out = node.e2e("e2e-quickstart.mjs", &env).await;
             let id = out["connectionId"].as_str().unwrap_or_default();
             assert_eq!(id.len(), 32, "{protocol}: connection id seen: {out}");
             assert_eq!(out["userId"], user, "{protocol}: {out}");
@@ -634,17 +552,18 @@ async fn quickstart_against_hubhook_dev_both_protocols() {
 // ------------------------------------------------------------------------------------------------
 // 2. The official client against emulator + function.
 
-async fn official_client(protocol: &str) {
+async fn official_client(node: NodeEnv, protocol: &str) {
     let stack = Stack::start().await;
-    let out = node(
-        "e2e-client.mjs",
-        &[
-            ("CS", stack.cs()),
-            ("PROTOCOL", protocol.into()),
-            ("FN", stack.func_url()),
-        ],
-    )
-    .await;
+    let out = node
+        .e2e(
+            "e2e-client.mjs",
+            &[
+                ("CS", stack.cs()),
+                ("PROTOCOL", protocol.into()),
+                ("FN", stack.func_url()),
+            ],
+        )
+        .await;
     assert!(
         out["stopMs"].as_u64().unwrap() < 2000,
         "stop → stopped took {} ms",
@@ -655,8 +574,11 @@ async fn official_client(protocol: &str) {
         .hooks
         .all()
         .iter()
-        .filter(|h| h.hub == "echo" && h.ce_type == "azure.webpubsub.user.echo")
-        .map(|h| h.content_type.clone())
+        .filter(|h| {
+            hub_of(h) == "echo"
+                && h.header("ce-type").as_deref() == Some("azure.webpubsub.user.echo")
+        })
+        .map(|h| h.header("content-type"))
         .collect();
     for ct in ["text/plain", "application/json", "application/octet-stream"] {
         assert!(
@@ -670,19 +592,23 @@ async fn official_client(protocol: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_client_reliable_protocol() {
-    require_node_modules();
+    let Some(node) = clients_or_skip("emulator::official_client_reliable_protocol") else {
+        return;
+    };
     bounded(
         100,
         "official client (reliable)",
-        official_client("reliable"),
+        official_client(node, "reliable"),
     )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_client_json_protocol() {
-    require_node_modules();
-    bounded(100, "official client (json)", official_client("json")).await;
+    let Some(node) = clients_or_skip("emulator::official_client_json_protocol") else {
+        return;
+    };
+    bounded(100, "official client (json)", official_client(node, "json")).await;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -690,10 +616,12 @@ async fn official_client_json_protocol() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_sdk_every_rest_operation() {
-    require_node_modules();
+    let Some(node) = clients_or_skip("emulator::service_sdk_every_rest_operation") else {
+        return;
+    };
     bounded(100, "REST operations", async {
         let stack = Stack::start().await;
-        let out = node("e2e-rest.mjs", &[("CS", stack.cs())]).await;
+        let out = node.e2e("e2e-rest.mjs", &[("CS", stack.cs())]).await;
         eprintln!("e2e-rest: {out}");
     })
     .await;
@@ -775,33 +703,39 @@ async fn rest_generate_token_and_auth() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_websocket_client() {
-    require_node_modules();
+    let Some(node) = clients_or_skip("emulator::plain_websocket_client") else {
+        return;
+    };
     bounded(100, "plain WebSocket client", async {
         let stack = Stack::start().await;
-        let out = node(
-            "e2e-plain.mjs",
-            &[("CS", stack.cs()), ("FN", stack.func_url())],
-        )
-        .await;
+        let out = node
+            .e2e(
+                "e2e-plain.mjs",
+                &[("CS", stack.cs()), ("FN", stack.func_url())],
+            )
+            .await;
         eprintln!("e2e-plain: {out}");
         // Text frames arrive as text/plain `message` events, binary ones as octet-stream.
-        let echo: Vec<Hook> = stack
+        let echo: Vec<Request> = stack
             .hooks
             .all()
             .into_iter()
-            .filter(|h| h.hub == "echo" && h.ce_type == "azure.webpubsub.user.message")
+            .filter(|h| {
+                hub_of(h) == "echo"
+                    && h.header("ce-type").as_deref() == Some("azure.webpubsub.user.message")
+            })
             .collect();
         assert!(
-            echo.iter()
-                .any(|h| h.content_type.as_deref() == Some("text/plain")
-                    && h.body.as_ref() == b"plain text"),
+            echo.iter().any(
+                |h| h.header("content-type").as_deref() == Some("text/plain")
+                    && h.body.as_ref() == b"plain text"
+            ),
             "{echo:?}"
         );
         assert!(
-            echo.iter().any(
-                |h| h.content_type.as_deref() == Some("application/octet-stream")
-                    && h.body.as_ref() == [0u8, 1, 2, 255]
-            ),
+            echo.iter().any(|h| h.header("content-type").as_deref()
+                == Some("application/octet-stream")
+                && h.body.as_ref() == [0u8, 1, 2, 255]),
             "{echo:?}"
         );
     })
@@ -1062,7 +996,7 @@ async fn event_handler_that_hangs_or_fails() {
             .hooks
             .all()
             .iter()
-            .filter(|h| h.ce_type == "azure.webpubsub.user.echo")
+            .filter(|h| h.header("ce-type").as_deref() == Some("azure.webpubsub.user.echo"))
             .count();
         assert_eq!(echoes, 2, "a Duplicate ackId does not call the handler again");
     })

@@ -1,20 +1,21 @@
 //! Black-box tests of the chat function: the router on port 0, a real SQLite file, and a
 //! loopback stand-in for the Web PubSub REST API that records every broadcast.
 
-mod support;
-
+use crate::support::*;
 use hubhook::protocol::{
     ConnectRequest, ConnectionState, DisconnectedRequest, Event, EventData, UserEvent,
 };
 use serde_json::{json, Value};
-use support::*;
 
-fn assert_broadcast(call: &Captured, rest: &RestStandIn, room: &str) -> Value {
+fn assert_broadcast(call: &Request, rest: &StandIn, room: &str) -> Value {
     assert_eq!(call.method, "POST");
     assert_eq!(call.path, format!("/api/hubs/chat/groups/{room}/:send"));
     assert_eq!(call.query, "api-version=2024-12-01");
-    assert_eq!(call.content_type.as_deref(), Some("application/json"));
-    let claims = verify_jwt(call.authorization.as_deref().unwrap(), KEY);
+    assert_eq!(
+        call.header("content-type").as_deref(),
+        Some("application/json")
+    );
+    let claims = verify_jwt(&call.header("authorization").unwrap(), KEY);
     let url = format!(
         "http://127.0.0.1:{}{}?{}",
         rest.addr.port(),
@@ -112,7 +113,7 @@ async fn connect_accepts_the_verified_user_into_the_room() {
         .status(),
         400
     );
-    assert!(app.rest.calls().is_empty(), "connect broadcasts nothing");
+    assert!(app.rest.requests().is_empty(), "connect broadcasts nothing");
 }
 
 #[tokio::test]
@@ -157,7 +158,7 @@ async fn full_conversation_broadcasts_stores_and_replays() {
         .await;
     assert_eq!(r.status(), 200);
 
-    let calls = app.rest.calls();
+    let calls = app.rest.requests();
     assert_eq!(calls.len(), 3, "{calls:#?}");
     let joined = assert_broadcast(&calls[0], &app.rest, "lobby");
     assert_eq!(
@@ -220,7 +221,7 @@ async fn retried_webhooks_store_and_broadcast_once() {
     )
     .await;
     assert_eq!(
-        app.rest.calls().len(),
+        app.rest.requests().len(),
         3,
         "one message, one join, one message from c2"
     );
@@ -279,7 +280,7 @@ async fn json_messages_rooms_and_rejections() {
         .send(ctx("c1", Some("a"), "5", Some("r1")), other.clone(), &[KEY])
         .await;
     assert_eq!(r.status(), 400);
-    assert_eq!(app.rest.calls().len(), 1);
+    assert_eq!(app.rest.requests().len(), 1);
     assert_eq!(
         app.history("r1").await["messages"]
             .as_array()
@@ -293,7 +294,7 @@ async fn json_messages_rooms_and_rejections() {
         .send(ctx("c1", Some("a"), "5", Some("r1")), other, &[KEY])
         .await;
     assert_eq!(r.status(), 204);
-    let calls = relay.rest.calls();
+    let calls = relay.rest.requests();
     assert_eq!(calls[0].query, "api-version=2024-12-01&excluded=c1");
     assert_eq!(calls[0].json()["type"], "typing");
     assert_eq!(relay.history("r1").await["messages"], json!([]));
@@ -379,7 +380,7 @@ async fn store_failure_fails_the_event_and_broadcasts_nothing() {
         reason.contains("simulated disk failure") && !reason.contains('\n'),
         "{reason}"
     );
-    assert!(app.rest.calls().is_empty());
+    assert!(app.rest.requests().is_empty());
     db.execute_batch("DROP TRIGGER fail;").unwrap();
     // the retry of the failed delivery succeeds and is stored once
     let r = app
@@ -402,9 +403,7 @@ async fn store_failure_fails_the_event_and_broadcasts_nothing() {
 #[tokio::test]
 async fn broadcast_failure_keeps_the_message_and_says_so() {
     let app = spawn_app().await;
-    app.rest
-        .status
-        .store(403, std::sync::atomic::Ordering::SeqCst);
+    app.rest.set_status(403);
     let r = app
         .send(
             ctx("c1", Some("alice"), "1", Some("lobby")),
@@ -419,12 +418,10 @@ async fn broadcast_failure_keeps_the_message_and_says_so() {
         (Some(true), Some(false))
     );
     assert!(reply["error"].as_str().unwrap().contains("403"));
-    assert_eq!(app.rest.calls().len(), 1, "403 is not retried");
+    assert_eq!(app.rest.requests().len(), 1, "403 is not retried");
     assert_eq!(app.history("lobby").await["messages"][0]["text"], "kept");
     // 5xx is retried, within the deadline
-    app.rest
-        .status
-        .store(503, std::sync::atomic::Ordering::SeqCst);
+    app.rest.set_status(503);
     let r = app
         .send(
             ctx("c1", Some("alice"), "2", Some("lobby")),
@@ -433,7 +430,7 @@ async fn broadcast_failure_keeps_the_message_and_says_so() {
         )
         .await;
     assert_eq!(r.json::<Value>().await.unwrap()["broadcast"], false);
-    assert_eq!(app.rest.calls().len(), 1 + 4);
+    assert_eq!(app.rest.requests().len(), 1 + 4);
 }
 
 #[tokio::test]
@@ -560,11 +557,9 @@ async fn negotiate_is_off_unless_loopback_or_opened() {
 #[tokio::test]
 async fn unreachable_store_is_503_with_a_reason_and_no_broadcast() {
     use hubhook::store::dynamodb::{DynamoOptions, DynamoStore};
-    let rest = RestStandIn::start().await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let rest = rest_stand_in().await;
+    // Nothing listens on a port that was just free.
+    let dead = format!("127.0.0.1:{}", free_port());
     let conf = aws_sdk_dynamodb::Config::builder()
         .behavior_version_latest()
         .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
@@ -593,10 +588,7 @@ async fn unreachable_store_is_503_with_a_reason_and_no_broadcast() {
     let addr = app.local_addr();
     tokio::spawn(app.run());
     let (headers, body) = hubhook::protocol::build_webhook(
-        &hubhook::protocol::EventContext {
-            event_name: "message".into(),
-            ..ctx("c1", Some("a"), "1", Some("lobby"))
-        },
+        &ctx("c1", Some("a"), "1", Some("lobby")).with_event_name("message"),
         &message("hi"),
         &[KEY],
     )
@@ -614,7 +606,7 @@ async fn unreachable_store_is_503_with_a_reason_and_no_broadcast() {
         reason.starts_with("store unavailable:") && reason.to_lowercase().contains("refused"),
         "{reason}"
     );
-    assert!(rest.calls().is_empty());
+    assert!(rest.requests().is_empty());
     let r = reqwest::Client::new()
         .get(format!("http://{addr}/healthz"))
         .send()

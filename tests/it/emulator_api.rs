@@ -1,34 +1,31 @@
-//! The emulator over real sockets: an in-process emulator (port 0), `tokio-tungstenite` clients
-//! and a stub event handler whose answers each test scripts (status, body, delay, connection
-//! state). The official npm clients are exercised end to end in `tests/emulator.rs`.
+//! The emulator over real sockets, through its public API only: an in-process emulator (port 0),
+//! `tokio-tungstenite` clients and a stand-in event handler whose answers each test scripts
+//! (status, body, delay, connection state). The official npm clients are exercised end to end
+//! in `emulator.rs`.
 //!
 //! Every wait is bounded by `T`.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
-use axum::Router;
 use futures_util::{SinkExt, StreamExt};
+use hubhook::emulator::{Emulator, EmulatorConfig, EmulatorHandle, HandlerSettings};
+use hubhook::emulator::{JSON_RELIABLE_V1, JSON_V1};
+use hubhook::protocol::{sign, EventData};
+use hubhook::service::{
+    client_token, rest_token, unix_now, AccessKey, ClientTokenOptions, ConnectionString,
+    Permission, RetryPolicy, SendOptions, ServiceClient,
+};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use super::{Emulator, EmulatorConfig, EmulatorHandle, HandlerSettings};
-use super::{JSON_RELIABLE_V1, JSON_V1};
-use crate::protocol::{sign, EventData};
-use crate::service::{
-    client_token, rest_token, unix_now, AccessKey, ClientTokenOptions, ConnectionString,
-    Permission, RetryPolicy, SendOptions, ServiceClient,
-};
+use crate::support::{reply, Reply, Request, Script, StandIn};
 
 /// The bound on every single wait.
 const T: Duration = Duration::from_secs(5);
-const KEY: &str = crate::config::LOCAL_ACCESS_KEY;
+const KEY: &str = hubhook::config::LOCAL_ACCESS_KEY;
 const OTHER_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789abcdefgh";
 
 type Ws =
@@ -38,156 +35,54 @@ type Ws =
 // A scriptable event handler
 // ------------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone)]
-struct Hook {
-    method: String,
-    path: String,
-    headers: HeaderMap,
-    body: Bytes,
+/// What a webhook says about itself.
+trait Webhook {
+    fn event(&self) -> String;
+    fn conn(&self) -> String;
 }
 
-impl Hook {
-    fn h(&self, name: &str) -> Option<String> {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(String::from)
-    }
+impl Webhook for Request {
     fn event(&self) -> String {
-        self.h("ce-eventname").unwrap_or_default()
+        self.header("ce-eventname").unwrap_or_default()
     }
     fn conn(&self) -> String {
-        self.h("ce-connectionid").unwrap_or_default()
-    }
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+        self.header("ce-connectionid").unwrap_or_default()
     }
 }
 
-#[derive(Debug, Clone)]
-struct Reply {
-    status: u16,
-    headers: Vec<(&'static str, String)>,
-    body: Vec<u8>,
-    delay: Duration,
-}
-
-fn reply(status: u16) -> Reply {
-    Reply {
-        status,
-        headers: vec![],
-        body: vec![],
-        delay: Duration::ZERO,
-    }
-}
-
-impl Reply {
-    fn body(mut self, content_type: &str, body: &[u8]) -> Self {
-        self.headers.push(("content-type", content_type.into()));
-        self.body = body.to_vec();
-        self
-    }
-    fn text(self, t: &str) -> Self {
-        self.body("text/plain; charset=utf-8", t.as_bytes())
-    }
-    fn json(self, v: Value) -> Self {
-        self.body("application/json; charset=utf-8", v.to_string().as_bytes())
-    }
-    fn header(mut self, name: &'static str, v: &str) -> Self {
-        self.headers.push((name, v.to_string()));
-        self
-    }
-    fn after(mut self, d: Duration) -> Self {
-        self.delay = d;
-        self
-    }
-}
-
-type Script = Arc<dyn Fn(&Hook) -> Option<Reply> + Send + Sync>;
-type Hooks = Arc<Mutex<Vec<Hook>>>;
-
-struct Stub {
-    addr: SocketAddr,
-    hooks: Hooks,
-}
+/// An event handler on a [`StandIn`] with the defaults of one that works.
+struct Stub(StandIn);
 
 impl Stub {
     /// `script` answers what it wants to; anything else gets the defaults: the abuse-protection
     /// `OPTIONS` → 200 `WebHook-Allowed-Origin: *`, every event → 200 with no body.
-    async fn start(script: impl Fn(&Hook) -> Option<Reply> + Send + Sync + 'static) -> Stub {
-        let hooks: Hooks = Arc::new(Mutex::new(Vec::new()));
-        let script: Script = Arc::new(script);
-        let app = Router::new().fallback(
-            |State((hooks, script)): State<(Hooks, Script)>,
-             method: Method,
-             uri: Uri,
-             headers: HeaderMap,
-             body: Bytes| async move {
-                let hook = Hook {
-                    method: method.to_string(),
-                    path: uri.path().to_string(),
-                    headers,
-                    body,
-                };
-                hooks.lock().unwrap().push(hook.clone());
-                let r = script(&hook).unwrap_or_else(|| {
-                    if hook.method == "OPTIONS" {
-                        reply(200).header("webhook-allowed-origin", "*")
-                    } else {
-                        reply(200)
-                    }
-                });
-                tokio::time::sleep(r.delay).await;
-                let mut resp: Response =
-                    (StatusCode::from_u16(r.status).unwrap(), r.body).into_response();
-                for (k, v) in r.headers {
-                    resp.headers_mut().insert(k, v.parse().unwrap());
-                }
-                resp
-            },
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = (hooks.clone(), script);
-        tokio::spawn(async move { axum::serve(listener, app.with_state(state)).await });
-        Stub { addr, hooks }
+    async fn start(script: impl Fn(&Request) -> Option<Reply> + Send + Sync + 'static) -> Stub {
+        Stub(
+            StandIn::start(Script::handler(move |r| {
+                script(r).or_else(|| {
+                    (r.method == "OPTIONS")
+                        .then(|| reply(200).header("webhook-allowed-origin", "*"))
+                })
+            }))
+            .await,
+        )
     }
 
     fn url(&self) -> String {
-        format!("http://{}/hooks/{{hub}}/{{event}}", self.addr)
+        self.0.url("/hooks/{hub}/{event}")
     }
 
-    fn all(&self, method: &str) -> Vec<Hook> {
-        self.hooks
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|h| h.method == method)
-            .cloned()
-            .collect()
+    fn all(&self, method: &str) -> Vec<Request> {
+        self.0.matching(|r| r.method == method)
     }
 
-    fn posts(&self) -> Vec<Hook> {
+    fn posts(&self) -> Vec<Request> {
         self.all("POST")
     }
 
     /// The first POST matching `pred`, waiting up to `T`.
-    async fn wait(&self, what: &str, pred: impl Fn(&Hook) -> bool) -> Hook {
-        let deadline = Instant::now() + T;
-        loop {
-            if let Some(h) = self.posts().into_iter().find(&pred) {
-                return h;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for webhook: {what}; got {:?}",
-                self.posts()
-                    .iter()
-                    .map(|h| (h.event(), h.conn()))
-                    .collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    async fn wait(&self, what: &str, pred: impl Fn(&Request) -> bool) -> Request {
+        self.0.wait(what, |r| r.method == "POST" && pred(r)).await
     }
 }
 
@@ -466,16 +361,16 @@ async fn connect_webhook_answer_is_applied_and_state_is_carried_verbatim() {
     let hook = stub.wait("connect", |h| h.event() == "connect").await;
     assert_eq!(hook.path, "/hooks/chat/connect");
     assert_eq!(
-        hook.h("ce-type").as_deref(),
+        hook.header("ce-type").as_deref(),
         Some("azure.webpubsub.sys.connect")
     );
-    assert_eq!(hook.h("ce-userid").as_deref(), Some("alice"));
-    assert_eq!(hook.h("ce-signature"), Some(sign([KEY], &id)));
+    assert_eq!(hook.header("ce-userid").as_deref(), Some("alice"));
+    assert_eq!(hook.header("ce-signature"), Some(sign([KEY], &id)));
     assert_eq!(
-        hook.h("webhook-request-origin").as_deref(),
+        hook.header("webhook-request-origin").as_deref(),
         Some("localhost")
     );
-    let body = hook.json();
+    let body = hook.json_or_null();
     assert_eq!(body["claims"]["sub"], json!(["alice"]));
     assert_eq!(
         body["claims"]["role"],
@@ -505,10 +400,10 @@ async fn connect_webhook_answer_is_applied_and_state_is_carried_verbatim() {
     // State set by connect goes out verbatim on the next events; a user event may replace it.
     let connected = stub.wait("connected", |h| h.event() == "connected").await;
     assert_eq!(
-        connected.h("ce-connectionstate").as_deref(),
+        connected.header("ce-connectionstate").as_deref(),
         Some("opaque-state:1")
     );
-    assert_eq!(connected.h("ce-subprotocol").as_deref(), Some(JSON_V1));
+    assert_eq!(connected.header("ce-subprotocol").as_deref(), Some(JSON_V1));
     send(
         &mut ws,
         json!({"type": "event", "event": "echo", "ackId": 3, "dataType": "text", "data": "x"}),
@@ -524,12 +419,12 @@ async fn connect_webhook_answer_is_applied_and_state_is_carried_verbatim() {
     );
     let echo = stub.wait("echo", |h| h.event() == "echo").await;
     assert_eq!(
-        echo.h("ce-connectionstate").as_deref(),
+        echo.header("ce-connectionstate").as_deref(),
         Some("opaque-state:1")
     );
-    assert_eq!(echo.h("content-type").as_deref(), Some("text/plain"));
+    assert_eq!(echo.header("content-type").as_deref(), Some("text/plain"));
     assert_eq!(
-        echo.h("ce-type").as_deref(),
+        echo.header("ce-type").as_deref(),
         Some("azure.webpubsub.user.echo")
     );
 
@@ -537,8 +432,14 @@ async fn connect_webhook_answer_is_applied_and_state_is_carried_verbatim() {
     let d = stub
         .wait("disconnected", |h| h.event() == "disconnected")
         .await;
-    assert_eq!(d.h("ce-connectionstate").as_deref(), Some("opaque-state:2"));
-    assert_eq!(d.json()["reason"], "Connection closed by the client.");
+    assert_eq!(
+        d.header("ce-connectionstate").as_deref(),
+        Some("opaque-state:2")
+    );
+    assert_eq!(
+        d.json_or_null()["reason"],
+        "Connection closed by the client."
+    );
 
     // The abuse-protection handshake ran once for the URL, on `{event}` = validate.
     let _second = connect(&u, Some(JSON_V1)).await.unwrap();
@@ -550,7 +451,7 @@ async fn connect_webhook_answer_is_applied_and_state_is_carried_verbatim() {
     );
     assert_eq!(options[0].path, "/hooks/chat/validate");
     assert_eq!(
-        options[0].h("webhook-request-origin").as_deref(),
+        options[0].header("webhook-request-origin").as_deref(),
         Some("localhost")
     );
 }
@@ -558,7 +459,7 @@ async fn connect_webhook_answer_is_applied_and_state_is_carried_verbatim() {
 #[tokio::test]
 async fn connect_rejections_timeouts_and_failed_handshakes_refuse_the_upgrade() {
     let stub = Stub::start(|h| {
-        let user = h.json()["claims"]["sub"][0]
+        let user = h.json_or_null()["claims"]["sub"][0]
             .as_str()
             .unwrap_or("")
             .to_string();
@@ -602,7 +503,7 @@ async fn connect_rejections_timeouts_and_failed_handshakes_refuse_the_upgrade() 
         .posts()
         .iter()
         .filter(|h| h.event() == "connected")
-        .map(|h| h.h("ce-userid").unwrap_or_default())
+        .map(|h| h.header("ce-userid").unwrap_or_default())
         .collect();
     assert_eq!(connected, ["fine"]);
 
@@ -871,9 +772,15 @@ async fn user_event_webhook_failures_give_error_acks_and_keep_the_connection() {
     assert_eq!(calls(), before);
     // The upload: JSON body, content type, ce-* headers.
     let up = stub.wait("json", |h| h.event() == "json").await;
-    assert_eq!(up.h("content-type").as_deref(), Some("application/json"));
-    assert_eq!(up.json(), json!({"q": 1}));
-    assert_eq!(up.h("ce-subprotocol").as_deref(), Some(JSON_RELIABLE_V1));
+    assert_eq!(
+        up.header("content-type").as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(up.json_or_null(), json!({"q": 1}));
+    assert_eq!(
+        up.header("ce-subprotocol").as_deref(),
+        Some(JSON_RELIABLE_V1)
+    );
     assert_eq!(up.conn(), id);
 
     // invoke → invokeResponse.
@@ -1006,7 +913,7 @@ async fn reliable_recovery_replays_unacked_messages_and_refuses_with_1008() {
         })
         .await;
     assert_eq!(
-        d.json()["reason"],
+        d.json_or_null()["reason"],
         "The connection was not recovered in time."
     );
     assert!(!svc.connection_exists(&id).await.unwrap());
@@ -1046,7 +953,7 @@ async fn server_close_and_close_frame_policy() {
             h.event() == "disconnected" && h.conn() == id
         })
         .await;
-    assert_eq!(d.json()["reason"], "kicked");
+    assert_eq!(d.json_or_null()["reason"], "kicked");
 
     // Closing a detached reliable connection ends it at once.
     let (ws, id) = json_client(&emu, "dave", &[], JSON_RELIABLE_V1).await;
@@ -1084,7 +991,7 @@ async fn server_close_and_close_frame_policy() {
 async fn plain_clients_get_raw_frames_and_are_closed_when_the_handler_fails() {
     let stub = Stub::start(|h| {
         let body = String::from_utf8_lossy(&h.body).to_string();
-        let binary = h.h("content-type").as_deref() == Some("application/octet-stream");
+        let binary = h.header("content-type").as_deref() == Some("application/octet-stream");
         match (h.event().as_str(), body.as_str()) {
             ("message", "fail") => Some(reply(500)),
             ("message", _) if binary => Some(reply(200).body("application/octet-stream", &h.body)),
@@ -1101,12 +1008,12 @@ async fn plain_clients_get_raw_frames_and_are_closed_when_the_handler_fails() {
     ws.send(Message::text("hello")).await.unwrap();
     assert_eq!(next_msg(&mut ws).await, Some(Message::text("echo: hello")));
     let up = stub.wait("message", |h| h.event() == "message").await;
-    assert_eq!(up.h("content-type").as_deref(), Some("text/plain"));
+    assert_eq!(up.header("content-type").as_deref(), Some("text/plain"));
     assert_eq!(
-        up.h("ce-type").as_deref(),
+        up.header("ce-type").as_deref(),
         Some("azure.webpubsub.user.message")
     );
-    assert_eq!(up.h("ce-subprotocol"), None);
+    assert_eq!(up.header("ce-subprotocol"), None);
     ws.send(Message::binary(vec![1, 2])).await.unwrap();
     assert_eq!(next_msg(&mut ws).await, Some(Message::binary(vec![1, 2])));
     ws.send(Message::text("quiet")).await.unwrap();
@@ -1140,7 +1047,7 @@ async fn plain_clients_get_raw_frames_and_are_closed_when_the_handler_fails() {
     .unwrap();
     let m_id = stub
         .wait("m connected", |h| {
-            h.event() == "connected" && h.h("ce-userid").as_deref() == Some("m")
+            h.event() == "connected" && h.header("ce-userid").as_deref() == Some("m")
         })
         .await
         .conn();

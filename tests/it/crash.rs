@@ -1,60 +1,35 @@
 //! The real binary, killed with SIGKILL while webhooks are in flight, restarted on the same
 //! SQLite file: every message it acknowledged must still be there.
 
-mod support;
-
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start(rest: &RestStandIn, db: &std::path::Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_hubhook"))
-        .arg("serve")
-        .env("PORT", port.to_string())
-        .env("HUBHOOK_BIND", "127.0.0.1")
-        .env("WEBPUBSUB_CONNECTION_STRING", rest.connection_string())
-        .env("HUBHOOK_STORE", format!("sqlite://{}", db.display()))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start hubhook")
-}
-
-async fn wait_ready(http: &reqwest::Client, port: u16) {
-    for _ in 0..200 {
-        if let Ok(r) = http
-            .get(format!("http://127.0.0.1:{port}/healthz"))
-            .send()
-            .await
-        {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("hubhook did not become ready on port {port}");
+fn start(rest: &StandIn, db: &std::path::Path, port: u16) -> KillOnDrop {
+    KillOnDrop(
+        hubhook_command()
+            .arg("serve")
+            .env("PORT", port.to_string())
+            .env("HUBHOOK_BIND", "127.0.0.1")
+            .env("WEBPUBSUB_CONNECTION_STRING", connection_string(rest))
+            .env("HUBHOOK_STORE", format!("sqlite://{}", db.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start hubhook"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_messages_survive_kill_9() {
-    let rest = RestStandIn::start().await;
+    let rest = rest_stand_in().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("crash.db");
     let port = free_port();
     let http = reqwest::Client::new();
     let mut child = start(&rest, &db, port);
-    wait_ready(&http, port).await;
+    wait_healthy(&http, port).await;
 
     // 400 senders, 32 at a time; the kill lands once 100 were acknowledged, with more in flight.
     let url = format!("http://127.0.0.1:{port}/eventhandler");
@@ -65,13 +40,13 @@ async fn acknowledged_messages_survive_kill_9() {
         let (http, url, acks, gate) = (http.clone(), url.clone(), acks.clone(), gate.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await.ok()?;
-            let mut c = ctx(
+            let c = ctx(
                 &format!("conn-{}", i % 16),
                 Some("alice"),
                 &i.to_string(),
                 Some("lobby"),
-            );
-            c.event_name = "message".into();
+            )
+            .with_event_name("message");
             let (headers, body) =
                 hubhook::protocol::build_webhook(&c, &message(&format!("m{i}")), &[KEY]).unwrap();
             let r = http
@@ -95,8 +70,7 @@ async fn acknowledged_messages_survive_kill_9() {
     {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    child.kill(); // SIGKILL
     let mut acked = Vec::new();
     for t in tasks {
         if let Some(id) = t.await.unwrap() {
@@ -105,7 +79,7 @@ async fn acknowledged_messages_survive_kill_9() {
     }
 
     let mut child = start(&rest, &db, port);
-    wait_ready(&http, port).await;
+    wait_healthy(&http, port).await;
     let mut stored = std::collections::HashSet::new();
     let mut next: Option<String> = None;
     loop {
@@ -122,8 +96,7 @@ async fn acknowledged_messages_survive_kill_9() {
             None => break,
         }
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     let missing: Vec<_> = acked.iter().filter(|id| !stored.contains(*id)).collect();
     eprintln!(
         "acknowledged {} of 400 before the kill; {} stored after restart",

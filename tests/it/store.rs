@@ -2,14 +2,11 @@
 //! dynalite server (`tests/js/node_modules`, installed by `scripts/test.sh`) — plus the failure
 //! paths: DynamoDB down, hung, throttling; the SQLite writer failing.
 
-mod support;
-
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::{free_port, reply, Dynalite, Script, StandIn};
 use aws_config::BehaviorVersion;
 use aws_sdk_dynamodb::config::{Credentials, Region};
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -20,7 +17,6 @@ use hubhook::store::sqlite::SqliteStore;
 use hubhook::store::{
     encode_cursor, MessageStore, NewMessage, StoreError, StoredMessage, MAX_PAGE,
 };
-use support::Dynalite;
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -372,7 +368,9 @@ fn number(item: &HashMap<String, AttributeValue>, k: &str) -> Option<i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamodb_backend() {
     let t = Instant::now();
-    let server = Dynalite::start().await;
+    let Some(server) = Dynalite::start_or_skip("store::dynamodb_backend").await else {
+        return;
+    };
     eprintln!("dynalite listening after {:?}", t.elapsed());
 
     let store = connect_with(
@@ -491,22 +489,12 @@ async fn timed(what: &str, op: &str, fut: BoxFuture<'_, Result<(), StoreError>>)
 #[tokio::test]
 async fn dynamodb_down_is_unavailable() {
     // Nothing listens on a port that was just free.
-    let refused = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    // A server that accepts connections and never answers.
-    let hung_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hung = hung_listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((sock, _)) = hung_listener.accept().await {
-            held.push(sock);
-        }
-    });
+    let refused = format!("http://127.0.0.1:{}", free_port());
+    // A server that accepts requests and never answers.
+    let hung = StandIn::start(Script::hang()).await;
 
-    for (what, addr) in [("refused", refused), ("hung", hung)] {
-        let client = local_client(&format!("http://{addr}"));
+    for (what, endpoint) in [("refused", refused), ("hung", hung.url(""))] {
+        let client = local_client(&endpoint);
         let store = DynamoStore::from_client(
             client,
             "messages",
@@ -537,30 +525,22 @@ async fn dynamodb_down_is_unavailable() {
     }
 }
 
-/// A stand-in that answers every request with one DynamoDB error, counting the attempts.
-async fn error_server(status: u16, code: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counter = hits.clone();
-    let app = axum::Router::new().fallback(move || {
-        let counter = counter.clone();
-        async move {
-            counter.fetch_add(1, Ordering::SeqCst);
-            let body = match code {
-                "" => "<html>bad gateway</html>".to_string(),
-                _ => format!(r#"{{"__type":"com.amazonaws.dynamodb.v20120810#{code}","message":"simulated {code}"}}"#),
-            };
-            axum::http::Response::builder()
-                .status(status)
-                .header("content-type", "application/x-amz-json-1.0")
-                .header("x-amzn-requestid", "REQ1")
-                .body(axum::body::Body::from(body))
-                .unwrap()
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, hits)
+/// A stand-in that answers every request with one DynamoDB error (it counts the attempts).
+async fn error_server(status: u16, code: &'static str) -> StandIn {
+    let body = match code {
+        "" => "<html>bad gateway</html>".to_string(),
+        _ => format!(
+            r#"{{"__type":"com.amazonaws.dynamodb.v20120810#{code}","message":"simulated {code}"}}"#
+        ),
+    };
+    StandIn::start(Script::handler(move |_| {
+        Some(
+            reply(status)
+                .body("application/x-amz-json-1.0", body.as_bytes())
+                .header("x-amzn-requestid", "REQ1"),
+        )
+    }))
+    .await
 }
 
 #[tokio::test]
@@ -578,19 +558,16 @@ async fn dynamodb_throttling_is_unavailable_and_rejections_fail() {
         (400, "ValidationException", false),
         (400, "AccessDeniedException", false),
     ] {
-        let (addr, hits) = error_server(status, code).await;
-        let store = DynamoStore::from_client(
-            local_client(&format!("http://{addr}")),
-            "messages",
-            opts.clone(),
-        );
+        let server = error_server(status, code).await;
+        let store =
+            DynamoStore::from_client(local_client(&server.url("")), "messages", opts.clone());
         let r = tokio::time::timeout(
             Duration::from_secs(10),
             store.append(msg("e", "c", "1", T0, "x")),
         )
         .await
         .expect("bounded");
-        let attempts = hits.load(Ordering::SeqCst);
+        let attempts = server.requests().len();
         eprintln!("{code}: {attempts} attempts: {r:?}");
         match r {
             Err(StoreError::Unavailable(reason)) if unavailable => {
