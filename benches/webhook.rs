@@ -21,18 +21,17 @@ const KEY: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCDEFGH";
 fn context(event_name: &str) -> EventContext {
     let mut state = ConnectionState::default();
     state.set("room", "lobby");
-    EventContext {
-        hub: "chat".into(),
-        connection_id: "0f9c97a2f0bf4706afe87a14e0797b11".into(),
-        user_id: Some("alice".into()),
-        event_name: event_name.into(),
-        ce_id: "1a2b3c4d".into(),
-        ce_time: Some("2024-05-01T10:00:00Z".into()),
-        subprotocol: Some("json.webpubsub.azure.v1".into()),
-        state,
-        origin: Some("contoso.webpubsub.azure.com".into()),
-        mqtt: None,
-    }
+    EventContext::new(
+        "chat",
+        event_name,
+        "0f9c97a2f0bf4706afe87a14e0797b11",
+        "1a2b3c4d",
+    )
+    .with_user_id(Some("alice"))
+    .with_time("2024-05-01T10:00:00Z")
+    .with_subprotocol(Some("json.webpubsub.azure.v1"))
+    .with_state(state)
+    .with_origin("contoso.webpubsub.azure.com")
 }
 
 fn cases() -> Vec<(&'static str, Event)> {

@@ -99,10 +99,7 @@ fn first<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
 }
 
 fn valid_hub(hub: &str) -> bool {
-    let mut chars = hub.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && hub.len() <= 128
-        && chars.all(|c| c.is_ascii_alphanumeric() || "_`,.[]".contains(c))
+    crate::protocol::validate_hub(hub).is_ok()
 }
 
 /// What the `connect` webhook decided.

@@ -46,7 +46,8 @@ pub use session::MAX_FRAME;
 pub use upstream::{HandlerSettings, InvalidHandlerSpec, WebhookLog, WebhookObserver};
 
 use crate::protocol::{DisconnectedRequest, Event, EventContext, EventData, UserEvent};
-use crate::service::AccessKey;
+use crate::runtime::listener::Limits;
+use crate::service::{AccessKey, ConnectionString};
 use conn::{Conn, Origin, Proto};
 use upstream::UpstreamReply;
 
@@ -114,18 +115,38 @@ pub fn handler_for_all(url: &str) -> HandlerSettings {
 /// The connection string for an emulator listening on `addr` with `key` (`localhost` for a
 /// loopback or unspecified address).
 pub fn connection_string(addr: SocketAddr, key: &str) -> String {
-    let host = if addr.ip().is_unspecified() || addr.ip().is_loopback() {
-        "localhost".to_string()
+    if addr.ip().is_unspecified() || addr.ip().is_loopback() {
+        ConnectionString::local(addr.port(), key).to_secret_string()
     } else {
-        match addr.ip() {
-            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-            ip => ip.to_string(),
-        }
-    };
-    format!(
-        "Endpoint=http://{host};Port={};AccessKey={key};Version=1.0;",
-        addr.port()
+        literal_connection_string(addr, key)
+    }
+}
+
+/// The same with the literal address: no `localhost` resolution (IPv6 first) in tests.
+fn literal_connection_string(addr: SocketAddr, key: &str) -> String {
+    ConnectionString::new(
+        &format!("http://{addr}"),
+        AccessKey::new(key),
+        Some(addr.port()),
     )
+    .expect("an http endpoint with a socket address is valid")
+    .to_secret_string()
+}
+
+/// Why an emulator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EmulatorError {
+    #[error(
+        "the emulator's access key is public: binding {0} (not loopback) needs --allow-public"
+    )]
+    PublicBind(SocketAddr),
+    #[error("the emulator's access key must be at least 32 characters, without ';'")]
+    AccessKey,
+    #[error("emulator cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 pub(crate) struct Shared {
@@ -145,11 +166,14 @@ pub struct Emulator {
 
 impl Emulator {
     /// Binds `config.bind` (refusing a non-loopback address unless `allow_public`).
-    pub async fn bind(config: EmulatorConfig) -> anyhow::Result<Emulator> {
+    pub async fn bind(config: EmulatorConfig) -> Result<Emulator, EmulatorError> {
         check_bind(&config, config.bind)?;
         let listener = tokio::net::TcpListener::bind(config.bind)
             .await
-            .map_err(|e| anyhow::anyhow!("emulator cannot listen on {}: {e}", config.bind))?;
+            .map_err(|source| EmulatorError::Listen {
+                addr: config.bind,
+                source,
+            })?;
         Emulator::with_listener(listener, config)
     }
 
@@ -158,8 +182,14 @@ impl Emulator {
     pub fn with_listener(
         listener: tokio::net::TcpListener,
         config: EmulatorConfig,
-    ) -> anyhow::Result<Emulator> {
-        check_bind(&config, listener.local_addr()?)?;
+    ) -> Result<Emulator, EmulatorError> {
+        let addr = listener
+            .local_addr()
+            .map_err(|source| EmulatorError::Listen {
+                addr: config.bind,
+                source,
+            })?;
+        check_bind(&config, addr)?;
         let shared = Arc::new(Shared {
             registry: hub::Registry::default(),
             upstream: upstream::Upstream::new(
@@ -196,12 +226,21 @@ impl Emulator {
         connection_string(self.local_addr(), &self.key)
     }
 
+    /// Until SIGTERM / Ctrl-C, on the hardened listener (timeouts, connection cap, nodelay).
     pub async fn run(self) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router).await
+        self.run_until(crate::runtime::shutdown_signal()).await
+    }
+
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        crate::runtime::listener::serve(self.listener, self.router, Limits::default(), shutdown)
+            .await
     }
 
     /// Binds and serves in the background (tests, embedding); stops when the handle is dropped.
-    pub async fn start(config: EmulatorConfig) -> anyhow::Result<EmulatorHandle> {
+    pub async fn start(config: EmulatorConfig) -> Result<EmulatorHandle, EmulatorError> {
         Ok(Emulator::bind(config).await?.spawn())
     }
 
@@ -209,15 +248,9 @@ impl Emulator {
     pub fn spawn(self) -> EmulatorHandle {
         let emulator = self;
         let local_addr = emulator.local_addr();
-        // The literal address: no `localhost` resolution (IPv6 first) in tests.
-        let connection_string = format!(
-            "Endpoint=http://{};Port={};AccessKey={};Version=1.0;",
-            local_addr.ip(),
-            local_addr.port(),
-            emulator.key
-        );
+        let connection_string = literal_connection_string(local_addr, &emulator.key);
         let task = tokio::spawn(async move {
-            if let Err(e) = emulator.run().await {
+            if let Err(e) = emulator.run_until(std::future::pending()).await {
                 tracing::error!("emulator stopped: {e}");
             }
         });
@@ -229,12 +262,10 @@ impl Emulator {
     }
 }
 
-fn check_bind(config: &EmulatorConfig, addr: SocketAddr) -> anyhow::Result<()> {
+fn check_bind(config: &EmulatorConfig, addr: SocketAddr) -> Result<(), EmulatorError> {
     if !addr.ip().is_loopback() {
         if !config.allow_public {
-            anyhow::bail!(
-                "the emulator's access key is public: binding {addr} (not loopback) needs --allow-public"
-            );
+            return Err(EmulatorError::PublicBind(addr));
         }
         let warning = format!(
             "WARNING: the Web PubSub emulator listens on {addr} with a PUBLIC access key: anyone who can reach it can connect, send and manage connections"
@@ -243,7 +274,7 @@ fn check_bind(config: &EmulatorConfig, addr: SocketAddr) -> anyhow::Result<()> {
         tracing::warn!("{warning}");
     }
     if config.access_key.len() < 32 || config.access_key.contains(';') {
-        anyhow::bail!("the emulator's access key must be at least 32 characters, without ';'");
+        return Err(EmulatorError::AccessKey);
     }
     Ok(())
 }
@@ -281,19 +312,11 @@ impl Shared {
         event: &str,
         subprotocol: Option<&str>,
     ) -> EventContext {
-        EventContext {
-            hub: hub.to_string(),
-            connection_id: id.to_string(),
-            user_id: user.map(String::from),
-            event_name: event.to_string(),
-            ce_id: self.registry.next_ce_id(),
-            ce_time: None,
-            subprotocol: subprotocol.map(String::from),
-            // Sent verbatim by `Upstream::call`: the service treats it as an opaque string.
-            state: Default::default(),
-            origin: Some(self.upstream.origin().to_string()),
-            mqtt: None,
-        }
+        // The state is sent verbatim by `Upstream::call`: the service treats it as opaque.
+        EventContext::new(hub, event, id, self.registry.next_ce_id())
+            .with_user_id(user)
+            .with_subprotocol(subprotocol)
+            .with_origin(self.upstream.origin())
     }
 
     pub(crate) fn conn_context(&self, conn: &Conn, event: &str) -> EventContext {

@@ -437,12 +437,15 @@ fn page(q: &Query) -> Page {
     }
 }
 
+/// A year: `minutesToExpire` beyond it would overflow the token's `exp`.
+const MAX_TOKEN_MINUTES: u64 = 365 * 24 * 60;
+
 fn token_options(q: &Query) -> ClientTokenOptions {
     let minutes = q
         .first("minutesToExpire")
         .and_then(|m| m.parse::<u64>().ok())
         .unwrap_or(60)
-        .max(1);
+        .clamp(1, MAX_TOKEN_MINUTES);
     ClientTokenOptions {
         user_id: q.first("userId"),
         roles: q.all("role"),
@@ -736,6 +739,16 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_lifetimes_are_clamped_to_a_year() {
+        let q = |m: &str| Query(vec![("minutesToExpire".to_string(), m.to_string())]);
+        let minutes = |m: &str| token_options(&q(m)).expires_in.unwrap().as_secs() / 60;
+        assert_eq!(minutes("18446744073709551615"), MAX_TOKEN_MINUTES);
+        assert_eq!(minutes("0"), 1);
+        assert_eq!(minutes("5"), 5);
+        assert_eq!(minutes("soon"), 60);
+    }
 
     #[tokio::test]
     async fn errors_are_one_json_line_with_the_code_header() {

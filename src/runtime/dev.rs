@@ -38,8 +38,7 @@ pub async fn run(args: &DevArgs) -> Result<(), RuntimeError> {
     // A dropped socket (no close frame) is still recoverable for 30 s on the reliable protocol.
     emu_config.close_frame_is_final = true;
     emu_config.on_webhook = Some(Arc::new(|log: &WebhookLog| println!("  {log}")));
-    let emulator = Emulator::with_listener(listener, emu_config)
-        .map_err(|e| RuntimeError::Emulator(e.into()))?;
+    let emulator = Emulator::with_listener(listener, emu_config)?;
     let emu_addr = emulator.local_addr();
 
     let room = &config.chat.default_room;

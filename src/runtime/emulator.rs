@@ -25,9 +25,7 @@ pub async fn run(args: &EmulatorArgs) -> Result<(), RuntimeError> {
     config.bind = SocketAddr::new(bind, args.port);
     config.allow_public = args.allow_public;
     config.on_webhook = Some(Arc::new(|log: &WebhookLog| println!("  {log}")));
-    let emulator = Emulator::bind(config)
-        .await
-        .map_err(|e| RuntimeError::Emulator(e.into()))?;
+    let emulator = Emulator::bind(config).await?;
     let addr = emulator.local_addr();
     println!("hubhook emulator — FOR LOCAL USE ONLY: the access key is public.");
     println!("  listening         : http://{addr}");

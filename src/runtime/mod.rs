@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 
 use crate::chat::Chat;
 use crate::config::{Command, Config, ConfigError, Defaults, LogFormat, Platform, ServeArgs};
+use crate::emulator::EmulatorError;
 use crate::http::{router, AppState};
 use crate::protocol::{SignatureVerifier, WebhookParser};
 use crate::service::{RetryPolicy, ServiceClient, ServiceError};
@@ -40,8 +41,8 @@ pub enum RuntimeError {
     },
     #[error("server stopped: {0}")]
     Serve(#[from] std::io::Error),
-    #[error("emulator: {0}")]
-    Emulator(Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Emulator(#[from] EmulatorError),
     #[error("lambda runtime: {0}")]
     Lambda(lambda_http::Error),
 }

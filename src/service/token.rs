@@ -84,7 +84,7 @@ pub fn client_token(
         .unwrap_or(Duration::from_secs(3600))
         .as_secs();
     claims.insert("iat".into(), iat.into());
-    claims.insert("exp".into(), (iat + ttl).into());
+    claims.insert("exp".into(), iat.saturating_add(ttl).into());
     claims.insert("aud".into(), cs.client_audience(hub).into());
     if let Some(u) = &opts.user_id {
         claims.insert("sub".into(), u.clone().into());
@@ -116,6 +116,20 @@ mod tests {
     use super::*;
 
     const KEY: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCDEFGH";
+
+    #[test]
+    fn a_huge_lifetime_saturates_instead_of_overflowing() {
+        let cs = ConnectionString::local(8080, KEY);
+        let opts = ClientTokenOptions {
+            expires_in: Some(Duration::from_secs(u64::MAX)),
+            ..Default::default()
+        };
+        let token = client_token(&cs, "chat", &opts, 1_700_000_000);
+        let claims = token.split('.').nth(1).unwrap();
+        let claims: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).unwrap()).unwrap();
+        assert_eq!(claims["exp"], u64::MAX);
+    }
 
     #[test]
     fn rest_token_matches_the_reference_byte_for_byte() {
