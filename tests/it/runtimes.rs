@@ -121,7 +121,11 @@ fn function_url_event(
 }
 
 fn hubhook(envs: &[(&str, String)]) -> KillOnDrop {
-    let mut c = hubhook_command();
+    hubhook_at(std::path::Path::new(env!("CARGO_BIN_EXE_hubhook")), envs)
+}
+
+fn hubhook_at(exe: &std::path::Path, envs: &[(&str, String)]) -> KillOnDrop {
+    let mut c = hubhook_command_at(exe);
     c.env_remove("PORT")
         .env_remove("WEBPUBSUB_CONNECTION_STRING")
         .stdout(Stdio::null())
@@ -325,23 +329,52 @@ async fn lambda_function_url_flow_on_dynamodb() {
     assert_eq!(page["messages"][0]["id"], reply["id"]);
 }
 
+/// Stages the Functions app with the packaging script the README uses, as the host would find it.
+fn stage_functions_app(dir: &std::path::Path) -> std::path::PathBuf {
+    let out = dir.join("app");
+    let status = std::process::Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/package-azure.sh"
+        ))
+        .args(["--binary", env!("CARGO_BIN_EXE_hubhook"), "--out"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run scripts/package-azure.sh");
+    assert!(status.success(), "package-azure.sh failed");
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_functions_custom_handler_flow() {
     let rest = rest_stand_in().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let _fn = hubhook(&[
-        ("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string()),
-        ("WEBPUBSUB_CONNECTION_STRING", connection_string(&rest)),
-        (
-            "HUBHOOK_ALLOWED_ORIGINS",
-            "contoso.webpubsub.azure.com".into(),
-        ),
-        (
-            "HUBHOOK_STORE",
-            format!("sqlite://{}", dir.path().join("f.db").display()),
-        ),
-    ]);
+    // The host starts host.json's defaultExecutablePath in the app's folder.
+    let app = stage_functions_app(dir.path());
+    let host_json: Value =
+        serde_json::from_str(&std::fs::read_to_string(app.join("host.json")).unwrap()).unwrap();
+    let exe = app.join(
+        host_json["customHandler"]["description"]["defaultExecutablePath"]
+            .as_str()
+            .unwrap(),
+    );
+    let _fn = hubhook_at(
+        &exe,
+        &[
+            ("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string()),
+            ("WEBPUBSUB_CONNECTION_STRING", connection_string(&rest)),
+            (
+                "HUBHOOK_ALLOWED_ORIGINS",
+                "contoso.webpubsub.azure.com".into(),
+            ),
+            (
+                "HUBHOOK_STORE",
+                format!("sqlite://{}", dir.path().join("f.db").display()),
+            ),
+        ],
+    );
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     // The host polls GET / until anything answers.
@@ -414,20 +447,20 @@ async fn azure_functions_custom_handler_flow() {
 /// reads are checked for the settings the flow above depends on.
 #[test]
 fn azure_functions_files_forward_every_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = stage_functions_app(dir.path());
     let read = |p: &str| -> Value {
-        serde_json::from_str(
-            &std::fs::read_to_string(format!("{}/{p}", env!("CARGO_MANIFEST_DIR"))).unwrap(),
-        )
-        .unwrap()
+        serde_json::from_str(&std::fs::read_to_string(app.join(p)).unwrap()).unwrap()
     };
-    let host = read("azure/host.json");
+    let host = read("host.json");
     assert_eq!(host["customHandler"]["enableForwardingHttpRequest"], true);
     assert_eq!(
         host["customHandler"]["description"]["defaultExecutablePath"],
         "hubhook"
     );
     assert_eq!(host["extensions"]["http"]["routePrefix"], "");
-    let f = read("azure/handler/function.json");
+    // Function folders sit beside host.json; the host finds them by their function.json.
+    let f = read("handler/function.json");
     let trigger = &f["bindings"][0];
     assert_eq!(trigger["authLevel"], "anonymous");
     assert_eq!(trigger["route"], "{*path}");
@@ -442,4 +475,18 @@ fn azure_functions_files_forward_every_route() {
         2,
         "forwarding needs exactly one http in + one http out"
     );
+    // The zip deployed with config-zip: the same layout, the executable bit kept, no local file.
+    let zip = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys,zipfile; z=zipfile.ZipFile(sys.argv[1]); print('\\n'.join(f'{i.filename} {i.external_attr >> 16:o}' for i in z.infolist()))",
+        ])
+        .arg(app.with_extension("zip"))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8(zip.stdout).unwrap();
+    assert!(listing.contains("host.json "), "{listing}");
+    assert!(listing.contains("handler/function.json "), "{listing}");
+    assert!(listing.contains("hubhook 100755"), "{listing}");
+    assert!(!listing.contains("local.settings.json"), "{listing}");
 }

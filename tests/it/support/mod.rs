@@ -49,7 +49,15 @@ pub fn free_port() -> u16 {
 
 /// The real binary (`target/debug/hubhook`), `RUST_LOG=warn`, no stdin.
 pub fn hubhook_command() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_hubhook"));
+    hubhook_command_at(std::path::Path::new(env!("CARGO_BIN_EXE_hubhook")))
+}
+
+/// The same for a copy of the binary (e.g. a staged Functions app), run in its own folder.
+pub fn hubhook_command_at(exe: &std::path::Path) -> Command {
+    let mut c = Command::new(exe);
+    if let Some(dir) = exe.parent() {
+        c.current_dir(dir);
+    }
     c.env("RUST_LOG", "warn").stdin(Stdio::null());
     c
 }
