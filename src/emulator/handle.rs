@@ -219,16 +219,7 @@ fn join_leave(s: &Shared, conn: &Conn, group: Option<String>, join: bool) -> Res
 fn send_to_group(s: &Arc<Shared>, conn: &Conn, m: GroupMessage) -> Result<(), Failure> {
     let group = permitted_group(conn, m.group, "sendToGroup", "send to")?;
     let data = m.payload.decode().map_err(AckError::bad_request)?;
-    let exclude = if m.no_echo {
-        vec![conn.id.clone()]
-    } else {
-        vec![]
-    };
-    let origin = Origin::Group {
-        group: group.clone(),
-        from_user: conn.user_id.clone(),
-    };
-    s.send_to_group(&conn.hub, &group, &origin, &data, &exclude);
+    publish(s, conn, &group, &data, m.no_echo);
     Ok(())
 }
 
@@ -287,6 +278,20 @@ async fn invoke(
         .map_err(|e| AckError::new("InternalServerError", e.to_string()))
 }
 
+/// A client's message to a group, from it, without itself when it asked for `noEcho`.
+fn publish(s: &Arc<Shared>, conn: &Conn, group: &str, data: &EventData, no_echo: bool) {
+    let exclude = if no_echo {
+        vec![conn.id.clone()]
+    } else {
+        vec![]
+    };
+    let origin = Origin::Group {
+        group: group.to_string(),
+        from_user: conn.user_id.clone(),
+    };
+    s.send_to_group(&conn.hub, group, &origin, data, &exclude);
+}
+
 async fn on_simple_frame(
     s: &Arc<Shared>,
     conn: &Arc<Conn>,
@@ -307,16 +312,7 @@ async fn on_simple_frame(
                     format!("No permission to send to group {group}."),
                 ));
             }
-            let exclude = if *no_echo {
-                vec![conn.id.clone()]
-            } else {
-                vec![]
-            };
-            let origin = Origin::Group {
-                group: group.clone(),
-                from_user: conn.user_id.clone(),
-            };
-            s.send_to_group(&conn.hub, group, &origin, &data, &exclude);
+            publish(s, conn, group, &data, *no_echo);
             Ok(())
         }
         // A failed (or missing) handler closes a simple client: it has no acks to say so.

@@ -448,15 +448,12 @@ fn reply_data(reply: &UpstreamReply) -> Result<Option<EventData>, UserEventError
     if reply.status == http::StatusCode::NO_CONTENT || reply.body.is_empty() {
         return Ok(None);
     }
-    let media = reply
-        .content_type
-        .as_deref()
-        .unwrap_or("application/octet-stream")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let media = crate::protocol::media_type(
+        reply
+            .content_type
+            .as_deref()
+            .unwrap_or("application/octet-stream"),
+    );
     match media.as_str() {
         "text/plain" => Ok(Some(EventData::Text(
             String::from_utf8_lossy(&reply.body).into_owned(),

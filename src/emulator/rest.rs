@@ -281,13 +281,7 @@ impl Request<'_> {
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/octet-stream");
-        let media = ct
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        match media.as_str() {
+        match crate::protocol::media_type(ct).as_str() {
             "text/plain" => Ok(EventData::Text(
                 String::from_utf8_lossy(self.body).into_owned(),
             )),

@@ -598,6 +598,7 @@ impl ServiceClient {
     }
 
     /// Sends with retries. The JWT is minted per attempt, as the SDKs do, over the exact URL sent.
+    /// Over 80 lines: one retry loop whose every exit (status, network, deadline) is visible here.
     async fn execute(&self, c: Call) -> Result<(StatusCode, Bytes), ServiceError> {
         let url = match &c.next_link {
             Some(link) => link.clone(),
