@@ -12,11 +12,14 @@
 //!   commit) and [`store::dynamodb`]; appends are idempotent per delivery (connection id + `ce-id`).
 //! * [`service`] — connection strings, REST and client JWTs, and the REST client used for broadcasts.
 //! * [`http`] — the one axum router (event handler, `/negotiate`, `/api/messages`, `/healthz`).
-//! * [`runtime`] — chooses AWS Lambda, an Azure Functions custom handler or a plain server, and builds
-//!   everything once per process.
-//! * [`config`] — one validated [`config::Config`] from flags and environment variables.
+//! * [`runtime`] — all process wiring: AWS Lambda, an Azure Functions custom handler or a plain
+//!   server, built once per process; `hubhook dev` (the emulator beside the chat function) and
+//!   `hubhook emulator`; [`runtime::listener`], the one hardened HTTP listener every socket goes
+//!   through.
+//! * [`config`] — one validated [`config::Config`] from flags and environment variables; the only
+//!   module that reads the environment.
 //! * [`emulator`] — a local Web PubSub service (client WebSockets, webhooks, REST API) for
-//!   development and tests; [`dev`] runs it beside the chat function (`hubhook dev`).
+//!   development and tests.
 
 pub mod chat;
 pub mod config;
