@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use crate::chat::{validate_room, ChatConfig, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_ROOM};
+use crate::chat::{
+    validate_room, ChatConfig, OutboxConfig, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_ROOM,
+};
 use crate::protocol::{validate_hub, AllowedOrigins};
 use crate::runtime::listener::Limits;
 use crate::service::{AccessKey, ConnectionString};
@@ -202,6 +204,12 @@ pub struct ServeArgs {
     /// 64–2048).
     #[arg(long, env = "HUBHOOK_MAX_CONNECTIONS")]
     pub max_connections: Option<String>,
+    /// How long the outbox keeps trying to send a broadcast before it gives up (e.g. `24h`).
+    #[arg(long, env = "HUBHOOK_OUTBOX_GIVE_UP")]
+    pub outbox_give_up: Option<String>,
+    /// `/healthz` fails once the oldest unsent broadcast is this old (e.g. `60s`).
+    #[arg(long, env = "HUBHOOK_OUTBOX_BEHIND")]
+    pub outbox_behind: Option<String>,
     /// Create a missing DynamoDB table at start (`true`/`false`). Default: true only when
     /// `AWS_ENDPOINT_URL_DYNAMODB` points at a local DynamoDB-compatible server.
     #[arg(long, env = "HUBHOOK_CREATE_TABLE")]
@@ -420,7 +428,20 @@ fn chat_config(a: &ServeArgs) -> Result<ChatConfig, ConfigError> {
         max_message_bytes,
         default_room: DEFAULT_ROOM.to_string(),
         relay_events,
+        outbox: outbox_config(a)?,
     })
+}
+
+fn outbox_config(a: &ServeArgs) -> Result<OutboxConfig, ConfigError> {
+    let mut c = OutboxConfig::default();
+    const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
+    if let Some(v) = &a.outbox_give_up {
+        c.give_up_after = parse_duration("HUBHOOK_OUTBOX_GIVE_UP", v, WEEK)?;
+    }
+    if let Some(v) = &a.outbox_behind {
+        c.behind_after = parse_duration("HUBHOOK_OUTBOX_BEHIND", v, WEEK)?;
+    }
+    Ok(c)
 }
 
 fn event_path(a: &ServeArgs) -> Result<String, ConfigError> {
@@ -445,8 +466,10 @@ fn event_path(a: &ServeArgs) -> Result<String, ConfigError> {
 
 fn limits(a: &ServeArgs) -> Result<Limits, ConfigError> {
     let mut l = Limits::default();
+    const HOUR: Duration = Duration::from_secs(3600);
     let d = |var, v: &Option<String>, default| {
-        v.as_deref().map_or(Ok(default), |v| parse_duration(var, v))
+        v.as_deref()
+            .map_or(Ok(default), |v| parse_duration(var, v, HOUR))
     };
     l.header_read = d("HUBHOOK_HEADER_TIMEOUT", &a.header_timeout, l.header_read)?;
     l.body_read = d("HUBHOOK_BODY_TIMEOUT", &a.body_timeout, l.body_read)?;
@@ -461,8 +484,8 @@ fn limits(a: &ServeArgs) -> Result<Limits, ConfigError> {
     Ok(l)
 }
 
-/// `500ms`, `10s`, `2m`, or a bare number of seconds; more than zero, at most an hour.
-fn parse_duration(var: &'static str, v: &str) -> Result<Duration, ConfigError> {
+/// `500ms`, `10s`, `2m`, `24h`, or a bare number of seconds; more than zero, at most `max`.
+fn parse_duration(var: &'static str, v: &str, max: Duration) -> Result<Duration, ConfigError> {
     let t = v.trim();
     let (num, unit_ms) = if let Some(n) = t.strip_suffix("ms") {
         (n, 1)
@@ -470,18 +493,23 @@ fn parse_duration(var: &'static str, v: &str) -> Result<Duration, ConfigError> {
         (n, 1000)
     } else if let Some(n) = t.strip_suffix('m') {
         (n, 60_000)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3_600_000)
     } else {
         (t, 1000)
     };
     let n: u64 = num.trim().parse().map_err(|_| {
         err(
             var,
-            format!("{t:?} is not a duration (e.g. 10s, 500ms, 2m)"),
+            format!("{t:?} is not a duration (e.g. 500ms, 10s, 2m, 24h)"),
         )
     })?;
     let d = Duration::from_millis(n.saturating_mul(unit_ms));
-    if d.is_zero() || d > Duration::from_secs(3600) {
-        return Err(err(var, "must be more than 0 and at most 1 hour"));
+    if d.is_zero() || d > max {
+        return Err(err(
+            var,
+            format!("must be more than 0 and at most {}s", max.as_secs()),
+        ));
     }
     Ok(d)
 }

@@ -7,6 +7,7 @@
 
 mod error;
 mod notice;
+mod outbox;
 mod room;
 
 use std::sync::Arc;
@@ -19,9 +20,10 @@ use crate::protocol::{
     self, ConnectRequest, ConnectResponse, ConnectionState, EventContext, EventData, Webhook,
 };
 use crate::service::{SendOptions, ServiceClient};
-use crate::store::{NewMessage, SharedStore};
+use crate::store::{now_ms, Broadcast, BroadcastKind, NewMessage, SharedStore};
 pub use error::{BroadcastError, ChatError, MessageError};
 pub use notice::Notice;
+pub use outbox::{Outbox, OutboxConfig, SweepReport, SWEEP_GRACE};
 pub use room::{room_roles, validate_room, RoomError};
 
 /// The room of a connection that names none, and of history and negotiate calls without `room`.
@@ -48,6 +50,7 @@ pub struct ChatConfig {
     pub default_room: String,
     /// User events besides `message` that are relayed to the room without being stored.
     pub relay_events: Vec<String>,
+    pub outbox: OutboxConfig,
 }
 
 impl Default for ChatConfig {
@@ -57,6 +60,7 @@ impl Default for ChatConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             default_room: DEFAULT_ROOM.into(),
             relay_events: Vec::new(),
+            outbox: OutboxConfig::default(),
         }
     }
 }
@@ -69,6 +73,7 @@ pub struct Chat {
 struct Inner {
     store: SharedStore,
     service: ServiceClient,
+    outbox: Outbox,
     config: ChatConfig,
 }
 
@@ -76,6 +81,7 @@ impl Chat {
     pub fn new(store: SharedStore, service: ServiceClient, config: ChatConfig) -> Self {
         Chat {
             inner: Arc::new(Inner {
+                outbox: Outbox::new(store.clone(), service.clone()),
                 store,
                 service,
                 config,
@@ -89,6 +95,17 @@ impl Chat {
 
     pub fn config(&self) -> &ChatConfig {
         &self.inner.config
+    }
+
+    pub fn outbox(&self) -> &Outbox {
+        &self.inner.outbox
+    }
+
+    /// Starts the background sweeper that sends what a crash or an outage left in the outbox.
+    pub fn spawn_sweeper(&self) -> tokio::task::JoinHandle<()> {
+        self.inner
+            .outbox
+            .spawn_sweeper(self.inner.config.outbox.clone())
     }
 
     pub async fn handle(&self, hook: Webhook) -> Response<Bytes> {
@@ -170,25 +187,55 @@ impl Chat {
             .unwrap_or(&self.inner.config.default_room)
     }
 
+    /// A join or leave notice: recorded with its pending broadcast, then sent. A 502 means the
+    /// notice is still in the outbox, so the service's retry (or the sweeper) will send it.
     async fn notice(&self, ctx: &EventContext, kind: Notice) -> Result<Response<Bytes>, ChatError> {
         let room = self.home_room(ctx);
-        if !self
+        let at_ms = event_time_ms(ctx);
+        let id = Broadcast::notice_id(&ctx.connection_id, &ctx.ce_id, at_ms);
+        let payload = kind.payload(&id, room, ctx, &crate::store::format_ms(at_ms));
+        let recorded = self
             .inner
             .store
-            .claim_delivery(&ctx.connection_id, &ctx.ce_id)
-            .await?
-        {
+            .record_notice(self.pending(BroadcastKind::Notice, id, room, ctx, payload))
+            .await?;
+        let Some(pending) = recorded.pending else {
             tracing::info!(ce_id = %ctx.ce_id, "retried {} event: notice already sent", kind.event());
             return Ok(protocol::notification_ack());
+        };
+        if !recorded.inserted {
+            tracing::info!(ce_id = %ctx.ce_id, "retried {} event: sending its unsent notice", kind.event());
         }
-        let payload = kind.payload(room, ctx, &event_time(ctx));
-        self.broadcast(room, payload, &ctx.connection_id, false)
-            .await
-            .map_err(|source| ChatError::NoticeNotDelivered {
+        self.inner.outbox.deliver(pending).await.map_err(|source| {
+            ChatError::NoticeNotDelivered {
                 event: kind.event(),
                 source,
-            })?;
+            }
+        })?;
         Ok(protocol::notification_ack())
+    }
+
+    /// A broadcast for the outbox, due for the sweeper only after the webhook had its chance.
+    fn pending(
+        &self,
+        kind: BroadcastKind,
+        id: String,
+        room: &str,
+        ctx: &EventContext,
+        payload: Value,
+    ) -> Broadcast {
+        let now = now_ms();
+        Broadcast {
+            id,
+            kind,
+            room: room.to_string(),
+            payload: payload.to_string(),
+            connection_id: ctx.connection_id.clone(),
+            ce_id: ctx.ce_id.clone(),
+            created_ms: now,
+            due_ms: now.saturating_add(SWEEP_GRACE.as_millis() as i64),
+            attempts: 0,
+        }
     }
 
     async fn message(
@@ -205,23 +252,33 @@ impl Chat {
             text,
             at_ms: event_time_ms(ctx),
         };
-        let appended = self.inner.store.append(new).await?;
+        let stored = crate::store::StoredMessage::from_new(&new);
+        let payload = json!({
+            "type": "message", "room": stored.room, "id": stored.id, "from": stored.from,
+            "text": stored.text, "at": stored.at,
+        });
+        let broadcast = self.pending(BroadcastKind::Message, stored.id, &room, ctx, payload);
+        let appended = self.inner.store.append(new, broadcast).await?;
         let m = &appended.message;
         let mut reply = json!({ "type": "stored", "id": m.id, "room": m.room, "stored": true });
         if !appended.inserted {
-            tracing::info!(ce_id = %ctx.ce_id, id = %m.id, "retried message event: already stored, not broadcast again");
             reply["duplicate"] = true.into();
-        } else {
-            let payload = json!({
-                "type": "message", "room": m.room, "id": m.id, "from": m.from, "text": m.text, "at": m.at,
-            });
-            let sent = self
-                .broadcast(&m.room, payload, &ctx.connection_id, false)
-                .await;
-            reply["broadcast"] = sent.is_ok().into();
-            if let Err(e) = sent {
-                tracing::error!(ce_id = %ctx.ce_id, id = %m.id, error = %e, "message stored but broadcast failed");
-                reply["error"] = format!("broadcast failed: {e}").into();
+        }
+        match appended.pending {
+            None => {
+                tracing::info!(ce_id = %ctx.ce_id, id = %m.id, "retried message event: already stored and broadcast");
+            }
+            Some(pending) => {
+                if !appended.inserted {
+                    tracing::info!(ce_id = %ctx.ce_id, id = %m.id, "retried message event: sending its unsent broadcast");
+                }
+                let sent = self.inner.outbox.deliver(pending).await;
+                reply["broadcast"] = sent.is_ok().into();
+                if let Err(e) = sent {
+                    tracing::error!(ce_id = %ctx.ce_id, id = %m.id, error = %e, "message stored, broadcast queued for retry");
+                    reply["error"] =
+                        format!("broadcast failed: {e} (queued: it will be retried)").into();
+                }
             }
         }
         Ok(protocol::user_event_reply(

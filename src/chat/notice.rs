@@ -17,11 +17,12 @@ impl Notice {
         }
     }
 
-    pub fn payload(self, room: &str, ctx: &EventContext, at: &str) -> Value {
+    /// `id` lets a client drop the rare duplicate (the outbox sends at least once).
+    pub fn payload(self, id: &str, room: &str, ctx: &EventContext, at: &str) -> Value {
         let kind = match self {
             Notice::Joined => "joined",
             Notice::Left => "left",
         };
-        json!({ "type": kind, "room": room, "userId": ctx.user_id, "connectionId": ctx.connection_id, "at": at })
+        json!({ "type": kind, "id": id, "room": room, "userId": ctx.user_id, "connectionId": ctx.connection_id, "at": at })
     }
 }

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use crate::chat::Chat;
 use crate::config::{Command, Config, ConfigError, Defaults, LogFormat, Platform, ServeArgs};
 use crate::emulator::EmulatorError;
-use crate::http::{router, AppState};
+use crate::http::{router, AppState, HealthCheck};
 use crate::protocol::{SignatureVerifier, WebhookParser};
 use crate::service::{RetryPolicy, ServiceClient, ServiceError};
 use crate::store::{SharedStore, StoreError};
@@ -107,10 +107,13 @@ pub fn build_router_with_store(
         &config.hub,
         RetryPolicy::default(),
     )?;
+    let chat = Chat::new(store, service, config.chat.clone());
+    chat.spawn_sweeper();
     let state = AppState {
         parser: WebhookParser::new(&config.hub, verifier).with_dotnet_state(config.dotnet_state),
         origins: config.allowed_origins.clone(),
-        chat: Chat::new(store, service, config.chat.clone()),
+        chat,
+        health: HealthCheck::default(),
         connection_string: config.connection_string.clone(),
         hub: config.hub.clone(),
         negotiate_open: config.negotiate_open,

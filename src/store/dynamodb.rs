@@ -491,7 +491,7 @@ fn build_error(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
 
 #[async_trait::async_trait]
 impl MessageStore for DynamoStore {
-    async fn append(&self, m: NewMessage) -> Result<Appended, StoreError> {
+    async fn append(&self, m: NewMessage, _b: Broadcast) -> Result<Appended, StoreError> {
         let id = m.id();
         let put = self
             .client
@@ -505,6 +505,7 @@ impl MessageStore for DynamoStore {
             Ok(_) => Ok(Appended {
                 message: StoredMessage::from_new(&m),
                 inserted: true,
+                pending: None,
             }),
             Err(e)
                 if e.as_service_error()
@@ -514,6 +515,7 @@ impl MessageStore for DynamoStore {
                     Some(message) if message.connection_id == m.connection_id => Ok(Appended {
                         message,
                         inserted: false,
+                        pending: None,
                     }),
                     Some(_) => Err(StoreError::Failed(format!(
                         "message id {id} collides with another delivery"
@@ -527,27 +529,38 @@ impl MessageStore for DynamoStore {
         }
     }
 
-    /// A conditional put of `pk = delivery#<connectionId>`, `sk = <ce-id>`, expiring (TTL) a day
-    /// after the claim.
-    async fn claim_delivery(&self, connection_id: &str, ce_id: &str) -> Result<bool, StoreError> {
-        let put = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(claim_item(connection_id, ce_id, now_ms())))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        match put {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(sdk_error("PutItem", e)),
-        }
+    async fn record_notice(&self, _b: Broadcast) -> Result<Recorded, StoreError> {
+        Err(StoreError::Failed(
+            "dynamodb outbox: not implemented yet".into(),
+        ))
+    }
+
+    async fn broadcast_sent(&self, _b: &Broadcast) -> Result<(), StoreError> {
+        Err(StoreError::Failed(
+            "dynamodb outbox: not implemented yet".into(),
+        ))
+    }
+
+    async fn broadcast_failed(&self, _b: &Broadcast, _retry_at_ms: i64) -> Result<(), StoreError> {
+        Err(StoreError::Failed(
+            "dynamodb outbox: not implemented yet".into(),
+        ))
+    }
+
+    async fn due_broadcasts(
+        &self,
+        _now_ms: i64,
+        _limit: usize,
+    ) -> Result<Vec<Broadcast>, StoreError> {
+        Err(StoreError::Failed(
+            "dynamodb outbox: not implemented yet".into(),
+        ))
+    }
+
+    async fn backlog(&self) -> Result<Backlog, StoreError> {
+        Err(StoreError::Failed(
+            "dynamodb outbox: not implemented yet".into(),
+        ))
     }
 
     /// Consistent reads, so a message is in the history as soon as its append returned.

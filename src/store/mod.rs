@@ -31,13 +31,18 @@ impl NewMessage {
     /// `<13-digit ms>-<16 hex of sha256(connection id, ce-id)>`: sorts by time, and the same
     /// delivery always gets the same id.
     pub fn id(&self) -> String {
-        let mut h = Sha256::new();
-        h.update(self.connection_id.as_bytes());
-        h.update([0u8]);
-        h.update(self.ce_id.as_bytes());
-        let digest = h.finalize();
-        format!("{:013}-{}", self.at_ms.max(0), hex::encode(&digest[..8]))
+        delivery_id(&self.connection_id, &self.ce_id, self.at_ms)
     }
+}
+
+/// `<13-digit ms>-<16 hex of sha256(connection id, 0, ce-id)>`.
+fn delivery_id(connection_id: &str, ce_id: &str, at_ms: i64) -> String {
+    let mut h = Sha256::new();
+    h.update(connection_id.as_bytes());
+    h.update([0u8]);
+    h.update(ce_id.as_bytes());
+    let digest = h.finalize();
+    format!("{:013}-{}", at_ms.max(0), hex::encode(&digest[..8]))
 }
 
 /// A stored message, as history returns it (and as the broadcast describes it).
@@ -70,6 +75,63 @@ pub struct Appended {
     pub message: StoredMessage,
     /// False when this delivery was stored before (a retried webhook).
     pub inserted: bool,
+    /// The message's broadcast while it is still unsent: the one just recorded, or, for a retry,
+    /// the one its first delivery recorded and nobody has sent yet.
+    pub pending: Option<Broadcast>,
+}
+
+/// What a delivery that stores no message (a join or leave notice) recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// False when this delivery was recorded before (a retried webhook).
+    pub inserted: bool,
+    /// Its broadcast while still unsent (see [`Appended::pending`]).
+    pub pending: Option<Broadcast>,
+}
+
+/// Which item of a delivery carries its broadcast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BroadcastKind {
+    /// Kept with the stored message.
+    Message,
+    /// Kept with the delivery record of an event that stores nothing (join/leave notice).
+    Notice,
+}
+
+/// A broadcast in the outbox: committed with the write that caused it, removed only after the
+/// REST call succeeded, so a crash or an outage delays it but never loses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broadcast {
+    /// The message id (or the notice's id): what clients drop a duplicate by.
+    pub id: String,
+    pub kind: BroadcastKind,
+    pub room: String,
+    /// The JSON text sent to the room.
+    pub payload: String,
+    /// The delivery that caused it.
+    pub connection_id: String,
+    pub ce_id: String,
+    pub created_ms: i64,
+    /// When the sweeper may send it: a little after creation, so it does not race the webhook
+    /// that is sending it right now; pushed back after each failure.
+    pub due_ms: i64,
+    /// Failed sends so far.
+    pub attempts: u32,
+}
+
+impl Broadcast {
+    /// The id of the notice a delivery causes: like a message id, deterministic per delivery.
+    pub fn notice_id(connection_id: &str, ce_id: &str, at_ms: i64) -> String {
+        delivery_id(connection_id, ce_id, at_ms)
+    }
+}
+
+/// How far behind the outbox is: what `/healthz` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Backlog {
+    pub pending: u64,
+    /// Creation time of the oldest unsent broadcast.
+    pub oldest_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -203,13 +265,28 @@ impl PageRequest {
 
 #[async_trait::async_trait]
 pub trait MessageStore: Send + Sync + 'static {
-    /// Durably stores `m` unless this delivery (connection id + ce-id) is already stored, in
-    /// which case the stored message is returned with `inserted: false`.
-    async fn append(&self, m: NewMessage) -> Result<Appended, StoreError>;
+    /// Durably stores `m` and its pending `broadcast` in one atomic write, unless this delivery
+    /// (connection id + ce-id — never the event time, which a retry may change) is stored
+    /// already: then the stored message comes back with `inserted: false`, and with its
+    /// broadcast if that is still unsent.
+    async fn append(&self, m: NewMessage, broadcast: Broadcast) -> Result<Appended, StoreError>;
 
-    /// Records that a delivery was processed; false if it had been before. Used for events that
-    /// store nothing themselves (join/leave notices) so a retry does not broadcast twice.
-    async fn claim_delivery(&self, connection_id: &str, ce_id: &str) -> Result<bool, StoreError>;
+    /// Records a delivery that stores no message, with its pending `broadcast`, atomically;
+    /// `inserted: false` (and the broadcast if still unsent) when it was recorded before.
+    async fn record_notice(&self, broadcast: Broadcast) -> Result<Recorded, StoreError>;
+
+    /// The REST call succeeded: the broadcast leaves the outbox.
+    async fn broadcast_sent(&self, b: &Broadcast) -> Result<(), StoreError>;
+
+    /// A send failed: count it and try again no earlier than `retry_at_ms`.
+    async fn broadcast_failed(&self, b: &Broadcast, retry_at_ms: i64) -> Result<(), StoreError>;
+
+    /// Unsent broadcasts due at `now_ms`, oldest first, at most `limit`.
+    async fn due_broadcasts(&self, now_ms: i64, limit: usize)
+        -> Result<Vec<Broadcast>, StoreError>;
+
+    /// How many broadcasts are unsent, and since when.
+    async fn backlog(&self) -> Result<Backlog, StoreError>;
 
     /// Newest first; `before` is a cursor from a previous page.
     async fn history(
@@ -219,6 +296,7 @@ pub trait MessageStore: Send + Sync + 'static {
         before: Option<&str>,
     ) -> Result<Page, StoreError>;
 
+    /// Whether the store can take a write now (a small real write, not just a connection).
     async fn health(&self) -> Result<(), StoreError>;
 
     fn describe(&self) -> String;

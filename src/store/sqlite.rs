@@ -32,23 +32,71 @@ CREATE TABLE IF NOT EXISTS deliveries (
     at_ms         INTEGER NOT NULL,
     PRIMARY KEY (connection_id, ce_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    id            TEXT    NOT NULL PRIMARY KEY,
+    kind          TEXT    NOT NULL,
+    room          TEXT    NOT NULL,
+    payload       TEXT    NOT NULL,
+    connection_id TEXT    NOT NULL,
+    ce_id         TEXT    NOT NULL,
+    created_ms    INTEGER NOT NULL,
+    due_ms        INTEGER NOT NULL,
+    attempts      INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS outbox_delivery ON outbox (connection_id, ce_id);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (due_ms);
+CREATE TABLE IF NOT EXISTS health_probe (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    at_ms INTEGER NOT NULL
+);
 ";
 
 /// Writes queued beyond this are refused with 503 instead of growing memory without bound when
 /// the disk cannot keep up; the service (or client) retries later.
 const MAX_QUEUED: usize = 16 * 1024;
 
-/// Appends waiting beyond this are left for the next transaction, bounding commit latency.
+/// Writes waiting beyond this are left for the next transaction, bounding commit latency.
 const MAX_BATCH: usize = 512;
 
-enum Write {
-    Append(NewMessage, oneshot::Sender<Result<Appended, StoreError>>),
-    Claim(String, String, oneshot::Sender<Result<bool, StoreError>>),
+/// Answers a caller once its batch committed (or failed).
+type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// One write of a batch: runs inside the batch's transaction, in a savepoint of its own.
+trait Op: Send {
+    /// Runs the write; false when it failed (its savepoint is then rolled back).
+    fn run(self: Box<Self>, c: &Connection) -> (bool, Finish);
+    /// The batch could not even begin.
+    fn fail(self: Box<Self>, e: StoreError);
+}
+
+struct Typed<T, F> {
+    f: F,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> Op for Typed<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+{
+    fn run(self: Box<Self>, c: &Connection) -> (bool, Finish) {
+        let Typed { f, reply } = *self;
+        let result = f(c);
+        let ok = result.is_ok();
+        (
+            ok,
+            Box::new(move |commit| drop(reply.send(commit.and(result)))),
+        )
+    }
+
+    fn fail(self: Box<Self>, e: StoreError) {
+        drop(self.reply.send(Err(e)));
+    }
 }
 
 pub struct SqliteStore {
     path: PathBuf,
-    writer: mpsc::SyncSender<Write>,
+    writer: mpsc::SyncSender<Box<dyn Op>>,
     readers: Arc<Mutex<Vec<Connection>>>,
 }
 
@@ -119,19 +167,28 @@ impl SqliteStore {
         .map_err(|e| StoreError::Failed(format!("read task: {e}")))?
     }
 
-    fn submit(&self, w: Write) -> Result<(), StoreError> {
-        self.writer.try_send(w).map_err(|e| match e {
-            mpsc::TrySendError::Full(_) => StoreError::Unavailable(format!(
-                "sqlite writer overloaded ({MAX_QUEUED} writes queued)"
-            )),
-            mpsc::TrySendError::Disconnected(_) => {
-                StoreError::Unavailable("sqlite writer stopped".into())
-            }
-        })
+    /// Runs `f` in the writer's next transaction; answers after COMMIT.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .try_send(Box::new(Typed { f, reply }))
+            .map_err(|e| match e {
+                mpsc::TrySendError::Full(_) => StoreError::Unavailable(format!(
+                    "sqlite writer overloaded ({MAX_QUEUED} writes queued)"
+                )),
+                mpsc::TrySendError::Disconnected(_) => {
+                    StoreError::Unavailable("sqlite writer stopped".into())
+                }
+            })?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("sqlite writer stopped".into()))?
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Write>) {
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Box<dyn Op>>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -144,62 +201,50 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Write>) {
     }
 }
 
-enum Pending {
-    Append(
-        oneshot::Sender<Result<Appended, StoreError>>,
-        Result<Appended, StoreError>,
-    ),
-    Claim(
-        oneshot::Sender<Result<bool, StoreError>>,
-        Result<bool, StoreError>,
-    ),
-}
-
-/// One transaction for the whole batch. Answers go out only after COMMIT returned; if it fails,
-/// every caller in the batch gets the error and nothing of the batch is kept.
-fn commit_batch(conn: &mut Connection, batch: Vec<Write>) {
+/// One transaction for the whole batch (group commit: one fsync for every caller waiting).
+/// Each write runs in a savepoint, so one that fails halfway leaves nothing behind while the
+/// others commit. Answers go out only after COMMIT returned; if it fails, every caller in the
+/// batch gets the error and nothing of the batch is kept.
+fn commit_batch(conn: &mut Connection, batch: Vec<Box<dyn Op>>) {
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
-        Err(e) => return fail_all(batch, failed(e)),
-    };
-    let mut pending = Vec::with_capacity(batch.len());
-    for w in batch {
-        match w {
-            Write::Append(m, reply) => {
-                let r = insert_message(&tx, &m);
-                pending.push(Pending::Append(reply, r));
-            }
-            Write::Claim(c, id, reply) => {
-                let r = tx
-                    .prepare_cached("INSERT INTO deliveries (connection_id, ce_id, at_ms) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")
-                    .and_then(|mut s| s.execute(params![c, id, now_ms()]))
-                    .map(|n| n == 1)
-                    .map_err(failed);
-                pending.push(Pending::Claim(reply, r));
-            }
+        Err(e) => {
+            let e = failed(e);
+            return batch.into_iter().for_each(|op| op.fail(e.clone()));
         }
+    };
+    let mut finishes = Vec::with_capacity(batch.len());
+    for op in batch {
+        finishes.push(in_savepoint(&tx, op));
     }
     let commit = tx.commit().map_err(failed);
-    for p in pending {
-        match p {
-            Pending::Append(reply, r) => drop(reply.send(commit.clone().and(r))),
-            Pending::Claim(reply, r) => drop(reply.send(commit.clone().and(r))),
-        }
+    for finish in finishes {
+        finish(commit.clone());
     }
 }
 
-fn fail_all(batch: Vec<Write>, e: StoreError) {
-    for w in batch {
-        match w {
-            Write::Append(_, reply) => drop(reply.send(Err(e.clone()))),
-            Write::Claim(_, _, reply) => drop(reply.send(Err(e.clone()))),
+fn in_savepoint(tx: &rusqlite::Transaction<'_>, op: Box<dyn Op>) -> Finish {
+    if let Err(e) = tx.execute_batch("SAVEPOINT op") {
+        op.fail(failed(e));
+        return Box::new(|_| {});
+    }
+    let (ok, finish) = op.run(tx);
+    let end = if ok {
+        "RELEASE op"
+    } else {
+        "ROLLBACK TO op; RELEASE op"
+    };
+    match tx.execute_batch(end) {
+        Ok(()) => finish,
+        Err(e) => {
+            let e = failed(e);
+            Box::new(move |_| finish(Err(e)))
         }
     }
 }
-
-fn insert_message(tx: &rusqlite::Transaction<'_>, m: &NewMessage) -> Result<Appended, StoreError> {
+fn insert_message(c: &Connection, m: &NewMessage, b: &Broadcast) -> Result<Appended, StoreError> {
     let id = m.id();
-    let n = tx
+    let n = c
         .prepare_cached(
             "INSERT INTO messages (room, id, connection_id, ce_id, user_id, text, at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
@@ -217,25 +262,115 @@ fn insert_message(tx: &rusqlite::Transaction<'_>, m: &NewMessage) -> Result<Appe
         })
         .map_err(failed)?;
     if n == 1 {
+        insert_broadcast(c, b)?;
         return Ok(Appended {
             message: StoredMessage::from_new(m),
             inserted: true,
+            pending: Some(b.clone()),
         });
     }
-    let existing = tx
+    let existing = c
         .prepare_cached(
             "SELECT room, id, connection_id, user_id, text, at_ms FROM messages WHERE connection_id = ?1 AND ce_id = ?2",
         )
         .and_then(|mut s| s.query_row(params![m.connection_id, m.ce_id], row_to_message).optional())
         .map_err(failed)?;
-    existing
-        .map(|message| Appended {
-            message,
-            inserted: false,
-        })
-        .ok_or_else(|| {
-            StoreError::Failed(format!("message id {id} collides with another delivery"))
-        })
+    let message = existing.ok_or_else(|| {
+        StoreError::Failed(format!("message id {id} collides with another delivery"))
+    })?;
+    Ok(Appended {
+        message,
+        inserted: false,
+        pending: pending_of(c, &m.connection_id, &m.ce_id)?,
+    })
+}
+
+fn record_notice(c: &Connection, b: &Broadcast) -> Result<Recorded, StoreError> {
+    let n = c
+        .prepare_cached(
+            "INSERT INTO deliveries (connection_id, ce_id, at_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT DO NOTHING",
+        )
+        .and_then(|mut s| s.execute(params![b.connection_id, b.ce_id, now_ms()]))
+        .map_err(failed)?;
+    if n == 1 {
+        insert_broadcast(c, b)?;
+        return Ok(Recorded {
+            inserted: true,
+            pending: Some(b.clone()),
+        });
+    }
+    Ok(Recorded {
+        inserted: false,
+        pending: pending_of(c, &b.connection_id, &b.ce_id)?,
+    })
+}
+
+const BROADCAST_COLUMNS: &str =
+    "id, kind, room, payload, connection_id, ce_id, created_ms, due_ms, attempts";
+
+fn insert_broadcast(c: &Connection, b: &Broadcast) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT INTO outbox (id, kind, room, payload, connection_id, ce_id, created_ms, due_ms, attempts)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            b.id,
+            kind_name(b.kind),
+            b.room,
+            b.payload,
+            b.connection_id,
+            b.ce_id,
+            b.created_ms,
+            b.due_ms,
+            b.attempts
+        ])
+    })
+    .map(drop)
+    .map_err(failed)
+}
+
+/// The still-unsent broadcast of a delivery, if any.
+fn pending_of(
+    c: &Connection,
+    connection_id: &str,
+    ce_id: &str,
+) -> Result<Option<Broadcast>, StoreError> {
+    c.prepare_cached(&format!(
+        "SELECT {BROADCAST_COLUMNS} FROM outbox WHERE connection_id = ?1 AND ce_id = ?2"
+    ))
+    .and_then(|mut s| {
+        s.query_row(params![connection_id, ce_id], row_to_broadcast)
+            .optional()
+    })
+    .map_err(failed)
+}
+
+fn kind_name(k: BroadcastKind) -> &'static str {
+    match k {
+        BroadcastKind::Message => "message",
+        BroadcastKind::Notice => "notice",
+    }
+}
+
+fn row_to_broadcast(r: &rusqlite::Row<'_>) -> rusqlite::Result<Broadcast> {
+    let kind: String = r.get(1)?;
+    Ok(Broadcast {
+        id: r.get(0)?,
+        kind: if kind == "notice" {
+            BroadcastKind::Notice
+        } else {
+            BroadcastKind::Message
+        },
+        room: r.get(2)?,
+        payload: r.get(3)?,
+        connection_id: r.get(4)?,
+        ce_id: r.get(5)?,
+        created_ms: r.get(6)?,
+        due_ms: r.get(7)?,
+        attempts: r.get(8)?,
+    })
 }
 
 fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
@@ -251,22 +386,65 @@ fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
 
 #[async_trait::async_trait]
 impl MessageStore for SqliteStore {
-    async fn append(&self, m: NewMessage) -> Result<Appended, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.submit(Write::Append(m, tx))?;
-        rx.await
-            .map_err(|_| StoreError::Unavailable("sqlite writer stopped".into()))?
+    async fn append(&self, m: NewMessage, b: Broadcast) -> Result<Appended, StoreError> {
+        self.write(move |c| insert_message(c, &m, &b)).await
     }
 
-    async fn claim_delivery(&self, connection_id: &str, ce_id: &str) -> Result<bool, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.submit(Write::Claim(
-            connection_id.to_string(),
-            ce_id.to_string(),
-            tx,
-        ))?;
-        rx.await
-            .map_err(|_| StoreError::Unavailable("sqlite writer stopped".into()))?
+    async fn record_notice(&self, b: Broadcast) -> Result<Recorded, StoreError> {
+        self.write(move |c| record_notice(c, &b)).await
+    }
+
+    async fn broadcast_sent(&self, b: &Broadcast) -> Result<(), StoreError> {
+        let id = b.id.clone();
+        self.write(move |c| {
+            c.prepare_cached("DELETE FROM outbox WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![id]))
+                .map(drop)
+                .map_err(failed)
+        })
+        .await
+    }
+
+    async fn broadcast_failed(&self, b: &Broadcast, retry_at_ms: i64) -> Result<(), StoreError> {
+        let id = b.id.clone();
+        self.write(move |c| {
+            c.prepare_cached("UPDATE outbox SET attempts = attempts + 1, due_ms = ?2 WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![id, retry_at_ms]))
+                .map(drop)
+                .map_err(failed)
+        })
+        .await
+    }
+
+    async fn due_broadcasts(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Broadcast>, StoreError> {
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {BROADCAST_COLUMNS} FROM outbox WHERE due_ms <= ?1 ORDER BY due_ms LIMIT ?2"
+            ))
+            .and_then(|mut s| {
+                s.query_map(params![now_ms, limit as i64], row_to_broadcast)?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(failed)
+        })
+        .await
+    }
+
+    async fn backlog(&self) -> Result<Backlog, StoreError> {
+        self.read(|c| {
+            c.query_row("SELECT count(*), min(created_ms) FROM outbox", [], |r| {
+                Ok(Backlog {
+                    pending: r.get::<_, i64>(0)? as u64,
+                    oldest_ms: r.get(1)?,
+                })
+            })
+            .map_err(failed)
+        })
+        .await
     }
 
     async fn history(
@@ -296,10 +474,16 @@ impl MessageStore for SqliteStore {
         .await
     }
 
+    /// A one-row write through the writer: a full disk, a read-only file or a lock shows here.
     async fn health(&self) -> Result<(), StoreError> {
-        self.read(|c| {
-            c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
-                .map_err(failed)
+        self.write(|c| {
+            c.prepare_cached(
+                "INSERT INTO health_probe (id, at_ms) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms",
+            )
+            .and_then(|mut s| s.execute(params![now_ms()]))
+            .map(drop)
+            .map_err(failed)
         })
         .await
     }

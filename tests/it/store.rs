@@ -15,7 +15,8 @@ use futures_util::future::BoxFuture;
 use hubhook::store::dynamodb::{connect_with, DynamoOptions, DynamoStore};
 use hubhook::store::sqlite::SqliteStore;
 use hubhook::store::{
-    encode_cursor, MessageStore, NewMessage, StoreError, StoredMessage, MAX_PAGE,
+    encode_cursor, Appended, Broadcast, BroadcastKind, MessageStore, NewMessage, StoreError,
+    StoredMessage, MAX_PAGE,
 };
 
 const T0: i64 = 1_700_000_000_000;
@@ -29,6 +30,49 @@ fn msg(room: &str, conn: &str, ce: &str, at_ms: i64, text: &str) -> NewMessage {
         text: text.into(),
         at_ms,
     }
+}
+
+/// The broadcast the chat rules would record with `m`.
+fn broadcast_for(m: &NewMessage) -> Broadcast {
+    Broadcast {
+        id: m.id(),
+        kind: BroadcastKind::Message,
+        room: m.room.clone(),
+        payload: format!(
+            r#"{{"type":"message","id":"{}","text":"{}"}}"#,
+            m.id(),
+            m.text
+        ),
+        connection_id: m.connection_id.clone(),
+        ce_id: m.ce_id.clone(),
+        created_ms: T0,
+        due_ms: T0 + 15_000,
+        attempts: 0,
+    }
+}
+
+fn notice(conn: &str, ce: &str) -> Broadcast {
+    let id = Broadcast::notice_id(conn, ce, T0);
+    Broadcast {
+        payload: format!(r#"{{"type":"joined","id":"{id}"}}"#),
+        id,
+        kind: BroadcastKind::Notice,
+        room: "notices".into(),
+        connection_id: conn.into(),
+        ce_id: ce.into(),
+        created_ms: T0,
+        due_ms: T0 + 15_000,
+        attempts: 0,
+    }
+}
+
+async fn append(store: &dyn MessageStore, m: NewMessage) -> Result<Appended, StoreError> {
+    let b = broadcast_for(&m);
+    store.append(m, b).await
+}
+
+async fn due(store: &dyn MessageStore, now_ms: i64) -> Vec<Broadcast> {
+    store.due_broadcasts(now_ms, 1000).await.expect("due")
 }
 
 async fn all(store: &dyn MessageStore, room: &str) -> Vec<StoredMessage> {
@@ -49,7 +93,9 @@ async fn suite(store: Arc<dyn MessageStore>) {
     newest_first_and_paging(&*store).await;
     rooms_are_isolated(&*store).await;
     bad_cursors(&*store).await;
-    claims(&*store).await;
+    notices(&*store).await;
+    outbox(&*store).await;
+    retry_with_a_new_time(&*store).await;
     concurrent_appends(store.clone()).await;
     store.health().await.expect("health after the suite");
     eprintln!("suite on {}: {:?}", store.describe(), t.elapsed());
@@ -63,7 +109,7 @@ async fn append_then_history(store: &dyn MessageStore) {
         T0 + 123,
         "héllo \"wörld\" 🎉\nline 2",
     );
-    let a = store.append(m.clone()).await.expect("append");
+    let a = append(store, m.clone()).await.expect("append");
     assert!(a.inserted);
     assert_eq!(a.message, StoredMessage::from_new(&m));
     assert_eq!(a.message.id, m.id());
@@ -74,7 +120,7 @@ async fn append_then_history(store: &dyn MessageStore) {
         user_id: None,
         ..msg("basic", "conn-b", "ce-1", T0 + 500, "anonymous")
     };
-    let b = store.append(anon.clone()).await.expect("append anonymous");
+    let b = append(store, anon.clone()).await.expect("append anonymous");
     assert!(b.inserted);
     assert_eq!(b.message.from, None);
 
@@ -85,7 +131,7 @@ async fn append_then_history(store: &dyn MessageStore) {
 
 async fn retry_is_idempotent(store: &dyn MessageStore) {
     let m = msg("retry", "conn-r", "ce-1", T0, "first");
-    let first = store.append(m.clone()).await.expect("append");
+    let first = append(store, m.clone()).await.expect("append");
     assert!(first.inserted);
     // A retry is the same event; even if something differed, the first write wins.
     for retry in [
@@ -95,7 +141,7 @@ async fn retry_is_idempotent(store: &dyn MessageStore) {
             ..m.clone()
         },
     ] {
-        let again = store.append(retry).await.expect("retry");
+        let again = append(store, retry).await.expect("retry");
         assert!(!again.inserted);
         assert_eq!(again.message, first.message);
     }
@@ -111,7 +157,7 @@ async fn distinct_deliveries_are_distinct_rows(store: &dyn MessageStore) {
     ];
     let mut ids = BTreeSet::new();
     for m in &ms {
-        let a = store.append(m.clone()).await.expect("append");
+        let a = append(store, m.clone()).await.expect("append");
         assert!(a.inserted, "{m:?}");
         ids.insert(a.message.id);
     }
@@ -130,16 +176,18 @@ async fn newest_first_and_paging(store: &dyn MessageStore) {
     // Inserted out of order: history is ordered by event time, not by insertion.
     for k in 0..n {
         let i = (k * 7) % n;
-        let a = store
-            .append(msg(
+        let a = append(
+            store,
+            msg(
                 room,
                 "conn-p",
                 &format!("ce-{i}"),
                 T0 + i * 1000,
                 &format!("m{i}"),
-            ))
-            .await
-            .unwrap();
+            ),
+        )
+        .await
+        .unwrap();
         assert!(a.inserted);
     }
     let expected: Vec<String> = (0..n).rev().map(|i| format!("m{i}")).collect();
@@ -184,12 +232,10 @@ async fn newest_first_and_paging(store: &dyn MessageStore) {
 }
 
 async fn rooms_are_isolated(store: &dyn MessageStore) {
-    let a = store
-        .append(msg("iso-a", "conn-i", "ce-1", T0, "in a"))
+    let a = append(store, msg("iso-a", "conn-i", "ce-1", T0, "in a"))
         .await
         .unwrap();
-    let b = store
-        .append(msg("iso-b", "conn-i", "ce-2", T0, "in b"))
+    let b = append(store, msg("iso-b", "conn-i", "ce-2", T0, "in b"))
         .await
         .unwrap();
     assert_eq!(all(store, "iso-a").await, vec![a.message]);
@@ -213,18 +259,120 @@ async fn bad_cursors(store: &dyn MessageStore) {
     }
 }
 
-async fn claims(store: &dyn MessageStore) {
-    assert_eq!(store.claim_delivery("conn-c", "ce-1").await, Ok(true));
-    assert_eq!(store.claim_delivery("conn-c", "ce-1").await, Ok(false));
-    assert_eq!(store.claim_delivery("conn-c", "ce-2").await, Ok(true));
-    assert_eq!(store.claim_delivery("conn-d", "ce-1").await, Ok(true));
-    // Claims and messages do not share keys.
-    let a = store
-        .append(msg("claims", "conn-c", "ce-1", T0, "after a claim"))
+/// Notices: a delivery recorded once, with its broadcast, which stays until it is sent.
+async fn notices(store: &dyn MessageStore) {
+    let n = notice("conn-c", "ce-1");
+    let first = store.record_notice(n.clone()).await.unwrap();
+    assert!(first.inserted);
+    assert_eq!(first.pending.as_ref(), Some(&n));
+    // The retry of an unsent notice gets it back, as first recorded (a new time changes nothing).
+    let retry = store
+        .record_notice(Broadcast {
+            created_ms: T0 + 5_000,
+            payload: "{}".into(),
+            ..n.clone()
+        })
+        .await
+        .unwrap();
+    assert!(!retry.inserted);
+    assert_eq!(retry.pending.as_ref(), Some(&n));
+    store.broadcast_sent(&n).await.unwrap();
+    let after = store.record_notice(n.clone()).await.unwrap();
+    assert_eq!((after.inserted, after.pending), (false, None));
+    // Deliveries are per connection and ce-id.
+    for other in [notice("conn-c", "ce-2"), notice("conn-d", "ce-1")] {
+        let r = store.record_notice(other.clone()).await.unwrap();
+        assert!(r.inserted);
+        store.broadcast_sent(&other).await.unwrap();
+    }
+    // Notices and messages do not share keys.
+    let a = append(store, msg("claims", "conn-c", "ce-1", T0, "after a notice"))
         .await
         .unwrap();
     assert!(a.inserted);
     assert_eq!(all(store, "claims").await.len(), 1);
+}
+
+/// The transactional outbox: a message and its broadcast committed together, the broadcast kept
+/// until sent, handed back to a retry while unsent, and due for the sweeper on its schedule.
+async fn outbox(store: &dyn MessageStore) {
+    let m = msg("outbox", "conn-o", "ce-1", T0, "hello");
+    let a = append(store, m.clone()).await.unwrap();
+    assert!(a.inserted);
+    let b = a.pending.clone().expect("the broadcast is pending");
+    assert_eq!(
+        (b.id.as_str(), b.kind),
+        (m.id().as_str(), BroadcastKind::Message)
+    );
+    let listed = |list: Vec<Broadcast>, id: &str| list.into_iter().find(|x| x.id == id);
+    assert_eq!(
+        listed(due(store, b.due_ms - 1).await, &b.id),
+        None,
+        "not due yet"
+    );
+    assert_eq!(listed(due(store, b.due_ms).await, &b.id).as_ref(), Some(&b));
+    let backlog = store.backlog().await.unwrap();
+    assert!(
+        backlog.pending >= 1 && backlog.oldest_ms <= Some(b.created_ms),
+        "{backlog:?}"
+    );
+
+    // A retry of the stored but unsent delivery gets the broadcast back.
+    let again = append(store, m.clone()).await.unwrap();
+    assert!(!again.inserted);
+    assert_eq!(again.pending.as_ref(), Some(&b));
+
+    // A failed send is counted and pushes the next attempt back.
+    store.broadcast_failed(&b, b.due_ms + 5_000).await.unwrap();
+    assert_eq!(listed(due(store, b.due_ms + 4_999).await, &b.id), None);
+    let retried = listed(due(store, b.due_ms + 5_000).await, &b.id).expect("due again");
+    assert_eq!(retried.attempts, 1);
+
+    // Sent: out of the outbox; a retry now is a plain duplicate.
+    store.broadcast_sent(&b).await.unwrap();
+    assert_eq!(listed(due(store, i64::MAX).await, &b.id), None);
+    let after = append(store, m.clone()).await.unwrap();
+    assert_eq!((after.inserted, after.pending), (false, None));
+
+    // Oldest due first.
+    let older = msg("outbox", "conn-o", "ce-2", T0, "older");
+    let newer = msg("outbox", "conn-o", "ce-3", T0, "newer");
+    let mut bo = broadcast_for(&older);
+    bo.due_ms = T0 + 1;
+    let mut bn = broadcast_for(&newer);
+    bn.due_ms = T0 + 2;
+    store.append(newer.clone(), bn.clone()).await.unwrap();
+    store.append(older.clone(), bo.clone()).await.unwrap();
+    let order: Vec<String> = due(store, T0 + 2)
+        .await
+        .into_iter()
+        .map(|x| x.id)
+        .filter(|id| *id == bo.id || *id == bn.id)
+        .collect();
+    assert_eq!(order, [bo.id.clone(), bn.id.clone()]);
+    for x in [&bo, &bn] {
+        store.broadcast_sent(x).await.unwrap();
+    }
+}
+
+/// Deduplication keys on connection id + ce-id only: a retry whose `ce-time` changed is the same
+/// delivery, maps to the message first stored, and does not store or broadcast twice.
+async fn retry_with_a_new_time(store: &dyn MessageStore) {
+    let m = msg("retimed", "conn-t", "ce-1", T0, "once");
+    let first = append(store, m.clone()).await.unwrap();
+    assert!(first.inserted);
+    for at_ms in [T0 + 1, T0 + 60_000, T0 - 60_000] {
+        let retry = NewMessage { at_ms, ..m.clone() };
+        let again = append(store, retry).await.unwrap();
+        assert!(!again.inserted, "retry at {at_ms}");
+        assert_eq!(again.message, first.message);
+        assert_eq!(
+            again.pending.as_ref().map(|b| b.id.as_str()),
+            Some(m.id().as_str())
+        );
+    }
+    assert_eq!(all(store, "retimed").await, vec![first.message]);
+    store.broadcast_sent(&first.pending.unwrap()).await.unwrap();
 }
 
 async fn concurrent_appends(store: Arc<dyn MessageStore>) {
@@ -244,7 +392,7 @@ async fn concurrent_appends(store: Arc<dyn MessageStore>) {
     let mut tasks = tokio::task::JoinSet::new();
     for m in deliveries.iter().chain(deliveries.iter()).cloned() {
         let store = store.clone();
-        tasks.spawn(async move { (m.id(), store.append(m).await) });
+        tasks.spawn(async move { (m.id(), append(&*store, m).await) });
     }
     let mut results: HashMap<String, Vec<(bool, StoredMessage)>> = HashMap::new();
     while let Some(joined) = tasks.join_next().await {
@@ -293,7 +441,7 @@ async fn sqlite_writer_failure_is_an_error() {
         .unwrap();
 
     let m = msg("broken", "conn-a", "ce-1", T0, "lost");
-    match store.append(m.clone()).await {
+    match append(&store, m.clone()).await {
         Err(StoreError::Failed(reason)) => assert!(reason.contains("simulated"), "{reason}"),
         other => panic!("expected Failed, got {other:?}"),
     }
@@ -301,7 +449,7 @@ async fn sqlite_writer_failure_is_an_error() {
 
     // The writer keeps going once the fault is gone.
     other.execute_batch("DROP TRIGGER f;").unwrap();
-    assert!(store.append(m).await.unwrap().inserted);
+    assert!(append(&store, m).await.unwrap().inserted);
     assert_eq!(all(&store, "broken").await.len(), 1);
 }
 
@@ -405,7 +553,7 @@ async fn dynamodb_backend() {
     .expect("connect with create_table_if_missing");
     auto.health().await.expect("auto-created table is ACTIVE");
     let m = msg("auto", "conn-x", "ce-1", T0, "in the new table");
-    assert!(auto.append(m.clone()).await.unwrap().inserted);
+    assert!(append(&auto, m.clone()).await.unwrap().inserted);
     assert_eq!(all(&auto, "auto").await, vec![StoredMessage::from_new(&m)]);
 
     // Layout and expiry, read back raw.
@@ -421,8 +569,8 @@ async fn dynamodb_backend() {
     );
     let forever = msg("ttl", "conn-t", "ce-1", T0 + 1_999, "kept");
     let brief = msg("ttl", "conn-t", "ce-2", T0 + 2_999, "expires");
-    assert!(keep.append(forever.clone()).await.unwrap().inserted);
-    assert!(expiring.append(brief.clone()).await.unwrap().inserted);
+    assert!(append(&keep, forever.clone()).await.unwrap().inserted);
+    assert!(append(&expiring, brief.clone()).await.unwrap().inserted);
 
     let item = raw_item(&client, "messages", "room#ttl", &forever.id()).await;
     assert_eq!(item.get("ttl"), None);
@@ -437,7 +585,12 @@ async fn dynamodb_backend() {
     assert_eq!(number(&item, "ttl"), Some((T0 + 2_999) / 1000 + 7 * 86_400));
 
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    assert!(keep.claim_delivery("conn-t", "ce-9").await.unwrap());
+    assert!(
+        keep.record_notice(notice("conn-t", "ce-9"))
+            .await
+            .unwrap()
+            .inserted
+    );
     let claim = raw_item(&client, "messages", "delivery#conn-t", "ce-9").await;
     let ttl = number(&claim, "ttl").expect("claims expire");
     assert!(
@@ -507,7 +660,11 @@ async fn dynamodb_down_is_unavailable() {
             timed(
                 what,
                 "append",
-                Box::pin(async { store.append(msg("down", "c", "1", T0, "x")).await.map(drop) }),
+                Box::pin(async {
+                    append(&store, msg("down", "c", "1", T0, "x"))
+                        .await
+                        .map(drop)
+                }),
             ),
             timed(
                 what,
@@ -516,8 +673,8 @@ async fn dynamodb_down_is_unavailable() {
             ),
             timed(
                 what,
-                "claim_delivery",
-                Box::pin(async { store.claim_delivery("c", "1").await.map(drop) }),
+                "record_notice",
+                Box::pin(async { store.record_notice(notice("c", "1")).await.map(drop) }),
             ),
             timed(what, "health", Box::pin(store.health())),
         ])
@@ -563,7 +720,7 @@ async fn dynamodb_throttling_is_unavailable_and_rejections_fail() {
             DynamoStore::from_client(local_client(&server.url("")), "messages", opts.clone());
         let r = tokio::time::timeout(
             Duration::from_secs(10),
-            store.append(msg("e", "c", "1", T0, "x")),
+            append(&store, msg("e", "c", "1", T0, "x")),
         )
         .await
         .expect("bounded");

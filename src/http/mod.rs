@@ -1,6 +1,9 @@
 //! The one axum [`Router`] every runtime serves: the event handler (`OPTIONS`/`POST`, with an
 //! optional `/{event}` segment for URL templates), `/negotiate`, `/api/messages`, `/healthz`.
 
+mod health;
+
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,6 +21,7 @@ use crate::chat::{room_roles, validate_room, Chat, RoomError};
 use crate::protocol::{AllowedOrigins, ProtocolError, WebhookParser};
 use crate::service::{client_access, ClientTokenOptions, ConnectionString};
 use crate::store::{StoreError, MAX_PAGE};
+pub use health::HealthCheck;
 
 /// Webhook bodies larger than this are refused with 413 before they are read.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -29,6 +33,7 @@ pub struct AppState {
     pub connection_string: ConnectionString,
     pub hub: String,
     pub negotiate_open: bool,
+    pub health: HealthCheck,
 }
 
 pub fn router(state: Arc<AppState>, event_path: &str) -> Router {
@@ -236,7 +241,17 @@ async fn messages(
     Ok(axum::Json(page).into_response())
 }
 
-async fn healthz(State(app): State<Arc<AppState>>) -> Result<Response<Body>, AppError> {
-    app.chat.store().health().await?;
-    Ok((StatusCode::OK, "ok").into_response())
+/// `ok` (200) or the reason (503); `?verbose` answers JSON with the store and outbox figures.
+async fn healthz(
+    State(app): State<Arc<AppState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response<Body> {
+    let report = app.health.report(&app.chat).await;
+    if report.status.is_server_error() {
+        tracing::warn!(reason = %report.reason, "health check failed");
+    }
+    if q.contains_key("verbose") {
+        return (report.status, axum::Json(&report)).into_response();
+    }
+    crate::protocol::failure(report.status, &report.reason).map(Body::from)
 }

@@ -1,0 +1,170 @@
+//! Sending what the outbox holds: right away from the webhook that caused it, again from a retry
+//! of that webhook, and from the background sweeper after a crash or an outage.
+//!
+//! A broadcast leaves the outbox only after the REST call succeeded, so it is sent at least once;
+//! it carries the message (or notice) id, so a client drops the rare duplicate.
+
+use std::time::Duration;
+
+use super::BroadcastError;
+use crate::protocol::EventData;
+use crate::service::{SendOptions, ServiceClient};
+use crate::store::{now_ms, Broadcast, SharedStore};
+
+/// How the sweeper works through the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxConfig {
+    /// Pause between two looks at the outbox.
+    pub sweep_every: Duration,
+    /// A broadcast still unsent this long after its event is dropped, with an error in the log.
+    pub give_up_after: Duration,
+    /// `/healthz` reports the outbox as behind once its oldest broadcast is this old.
+    pub behind_after: Duration,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            sweep_every: Duration::from_secs(1),
+            give_up_after: Duration::from_secs(24 * 3600),
+            behind_after: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The sweeper leaves a new broadcast alone this long: the webhook that caused it is sending it
+/// (the REST client's own retries end within 8 s).
+pub const SWEEP_GRACE: Duration = Duration::from_secs(15);
+/// Broadcasts one sweep sends at most (they go one after another: a bounded rate).
+const SWEEP_BATCH: usize = 32;
+/// Back-off after a failed send: 1 s doubling per attempt, at most 5 minutes.
+const FIRST_BACKOFF_MS: i64 = 1_000;
+const MAX_BACKOFF_MS: i64 = 300_000;
+
+pub fn backoff_ms(attempts: u32) -> i64 {
+    FIRST_BACKOFF_MS
+        .saturating_mul(1i64 << attempts.min(20))
+        .min(MAX_BACKOFF_MS)
+}
+
+#[derive(Clone)]
+pub struct Outbox {
+    store: SharedStore,
+    service: ServiceClient,
+}
+
+impl Outbox {
+    pub fn new(store: SharedStore, service: ServiceClient) -> Self {
+        Outbox { store, service }
+    }
+
+    /// Sends `b` to its room and takes it out of the outbox; on failure it stays, with the
+    /// attempt counted and the next one pushed back.
+    ///
+    /// Runs on a task of its own: once a write is committed, its send must finish even if the
+    /// service gives up on the webhook and the HTTP future is dropped.
+    pub async fn deliver(&self, b: Broadcast) -> Result<(), BroadcastError> {
+        let this = self.clone();
+        tokio::spawn(async move { this.deliver_now(&b).await }).await?
+    }
+
+    async fn deliver_now(&self, b: &Broadcast) -> Result<(), BroadcastError> {
+        let payload = serde_json::from_str(&b.payload).unwrap_or_else(|_| b.payload.clone().into());
+        let sent = self
+            .service
+            .send_to_group(&b.room, &EventData::Json(payload), &SendOptions::default())
+            .await;
+        match sent {
+            Ok(()) => {
+                if let Err(e) = self.store.broadcast_sent(b).await {
+                    // Sent, but still listed: it will go out once more (clients drop it by id).
+                    tracing::warn!(id = %b.id, error = %e, "broadcast sent but not marked sent");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let retry_at = now_ms().saturating_add(backoff_ms(b.attempts));
+                if let Err(store) = self.store.broadcast_failed(b, retry_at).await {
+                    tracing::warn!(id = %b.id, error = %store, "broadcast failure not recorded");
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// One pass over what is due: what was sent, what failed, what was given up.
+    pub async fn sweep(&self, config: &OutboxConfig) -> SweepReport {
+        let mut report = SweepReport::default();
+        let now = now_ms();
+        let due = match self.store.due_broadcasts(now, SWEEP_BATCH).await {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox sweep: cannot read the outbox");
+                report.errors += 1;
+                return report;
+            }
+        };
+        let give_up_ms = i64::try_from(config.give_up_after.as_millis()).unwrap_or(i64::MAX);
+        for b in due {
+            if now.saturating_sub(b.created_ms) > give_up_ms {
+                tracing::error!(id = %b.id, room = %b.room, attempts = b.attempts,
+                    "outbox: giving up on a broadcast unsent for longer than HUBHOOK_OUTBOX_GIVE_UP");
+                match self.store.broadcast_sent(&b).await {
+                    Ok(()) => report.given_up += 1,
+                    Err(_) => report.errors += 1,
+                }
+                continue;
+            }
+            match self.deliver_now(&b).await {
+                Ok(()) => report.sent += 1,
+                Err(e) => {
+                    tracing::warn!(id = %b.id, attempts = b.attempts + 1, error = %e, "outbox: send failed, will retry");
+                    report.failed += 1;
+                }
+            }
+        }
+        if report.sent + report.given_up > 0 {
+            tracing::info!(
+                sent = report.sent,
+                given_up = report.given_up,
+                "outbox sweep"
+            );
+        }
+        report
+    }
+
+    /// Sweeps every `config.sweep_every` for as long as the process lives.
+    pub fn spawn_sweeper(&self, config: OutboxConfig) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(config.sweep_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                this.sweep(&config).await;
+            }
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub sent: usize,
+    pub failed: usize,
+    pub given_up: usize,
+    pub errors: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        assert_eq!(backoff_ms(0), 1_000);
+        assert_eq!(backoff_ms(1), 2_000);
+        assert_eq!(backoff_ms(5), 32_000);
+        assert_eq!(backoff_ms(9), MAX_BACKOFF_MS);
+        assert_eq!(backoff_ms(u32::MAX), MAX_BACKOFF_MS);
+    }
+}
