@@ -210,6 +210,12 @@ pub struct ServeArgs {
     /// `/healthz` fails once the oldest unsent broadcast is this old (e.g. `60s`).
     #[arg(long, env = "HUBHOOK_OUTBOX_BEHIND")]
     pub outbox_behind: Option<String>,
+    /// How long the sweeper leaves a new broadcast to the webhook sending it (default `15s`).
+    #[arg(long, env = "HUBHOOK_OUTBOX_GRACE")]
+    pub outbox_grace: Option<String>,
+    /// Pause between two sweeps of the outbox (default `1s`).
+    #[arg(long, env = "HUBHOOK_OUTBOX_SWEEP_EVERY")]
+    pub outbox_sweep_every: Option<String>,
     /// Create a missing DynamoDB table at start (`true`/`false`). Default: true only when
     /// `AWS_ENDPOINT_URL_DYNAMODB` points at a local DynamoDB-compatible server.
     #[arg(long, env = "HUBHOOK_CREATE_TABLE")]
@@ -440,6 +446,12 @@ fn outbox_config(a: &ServeArgs) -> Result<OutboxConfig, ConfigError> {
     }
     if let Some(v) = &a.outbox_behind {
         c.behind_after = parse_duration("HUBHOOK_OUTBOX_BEHIND", v, WEEK)?;
+    }
+    if let Some(v) = &a.outbox_grace {
+        c.grace = parse_duration("HUBHOOK_OUTBOX_GRACE", v, WEEK)?;
+    }
+    if let Some(v) = &a.outbox_sweep_every {
+        c.sweep_every = parse_duration("HUBHOOK_OUTBOX_SWEEP_EVERY", v, WEEK)?;
     }
     Ok(c)
 }

@@ -23,7 +23,7 @@ use crate::service::{SendOptions, ServiceClient};
 use crate::store::{now_ms, Broadcast, BroadcastKind, NewMessage, SharedStore};
 pub use error::{BroadcastError, ChatError, MessageError};
 pub use notice::Notice;
-pub use outbox::{Outbox, OutboxConfig, SweepReport, SWEEP_GRACE};
+pub use outbox::{Outbox, OutboxConfig, SweepReport};
 pub use room::{room_roles, validate_room, RoomError};
 
 /// The room of a connection that names none, and of history and negotiate calls without `room`.
@@ -181,16 +181,21 @@ impl Chat {
         .into_response(Some(&state)))
     }
 
-    fn home_room<'a>(&'a self, ctx: &'a EventContext) -> &'a str {
-        ctx.state
+    /// The room chosen at `connect`, from the connection state. The state comes back from the
+    /// service, so it is checked by the same rule as a room from the query.
+    fn home_room<'a>(&'a self, ctx: &'a EventContext) -> Result<&'a str, RoomError> {
+        let room = ctx
+            .state
             .get_str(STATE_ROOM)
-            .unwrap_or(&self.inner.config.default_room)
+            .unwrap_or(&self.inner.config.default_room);
+        validate_room(room)?;
+        Ok(room)
     }
 
     /// A join or leave notice: recorded with its pending broadcast, then sent. A 502 means the
     /// notice is still in the outbox, so the service's retry (or the sweeper) will send it.
     async fn notice(&self, ctx: &EventContext, kind: Notice) -> Result<Response<Bytes>, ChatError> {
-        let room = self.home_room(ctx);
+        let room = self.home_room(ctx)?;
         let at_ms = event_time_ms(ctx);
         let id = Broadcast::notice_id(&ctx.connection_id, &ctx.ce_id, at_ms);
         let payload = kind.payload(&id, room, ctx, &crate::store::format_ms(at_ms));
@@ -233,7 +238,7 @@ impl Chat {
             connection_id: ctx.connection_id.clone(),
             ce_id: ctx.ce_id.clone(),
             created_ms: now,
-            due_ms: now.saturating_add(SWEEP_GRACE.as_millis() as i64),
+            due_ms: now.saturating_add(self.inner.config.outbox.grace.as_millis() as i64),
             attempts: 0,
         }
     }
@@ -301,7 +306,7 @@ impl Chat {
             EventData::Json(v) => v.clone(),
             EventData::Binary(_) => return Err(MessageError::BinaryRelay.into()),
         };
-        let room = self.home_room(ctx);
+        let room = self.home_room(ctx)?;
         let payload = json!({ "type": event, "room": room, "from": ctx.user_id, "data": data, "at": event_time(ctx) });
         self.broadcast(room, payload, &ctx.connection_id, true)
             .await
@@ -350,7 +355,7 @@ impl Chat {
         ctx: &EventContext,
         data: &EventData,
     ) -> Result<(String, String), MessageError> {
-        let home = self.home_room(ctx);
+        let home = self.home_room(ctx)?;
         let (text, room) = match data {
             EventData::Text(s) => (s.clone(), None),
             EventData::Json(Value::String(s)) => (s.clone(), None),

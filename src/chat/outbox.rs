@@ -16,6 +16,9 @@ use crate::store::{now_ms, Broadcast, SharedStore};
 pub struct OutboxConfig {
     /// Pause between two looks at the outbox.
     pub sweep_every: Duration,
+    /// The sweeper leaves a new broadcast alone this long: the webhook that caused it is sending
+    /// it (the REST client's own retries end within 8 s).
+    pub grace: Duration,
     /// A broadcast still unsent this long after its event is dropped, with an error in the log.
     pub give_up_after: Duration,
     /// `/healthz` reports the outbox as behind once its oldest broadcast is this old.
@@ -26,15 +29,13 @@ impl Default for OutboxConfig {
     fn default() -> Self {
         OutboxConfig {
             sweep_every: Duration::from_secs(1),
+            grace: Duration::from_secs(15),
             give_up_after: Duration::from_secs(24 * 3600),
             behind_after: Duration::from_secs(60),
         }
     }
 }
 
-/// The sweeper leaves a new broadcast alone this long: the webhook that caused it is sending it
-/// (the REST client's own retries end within 8 s).
-pub const SWEEP_GRACE: Duration = Duration::from_secs(15);
 /// Broadcasts one sweep sends at most (they go one after another: a bounded rate).
 const SWEEP_BATCH: usize = 32;
 /// Back-off after a failed send: 1 s doubling per attempt, at most 5 minutes.

@@ -163,7 +163,8 @@ async fn full_conversation_broadcasts_stores_and_replays() {
     let joined = assert_broadcast(&calls[0], &app.rest, "lobby");
     assert_eq!(
         joined,
-        json!({"type":"joined","room":"lobby","userId":"alice","connectionId":"c1","at":"2024-05-01T10:00:00.000Z"})
+        json!({"type":"joined","id":hubhook::store::Broadcast::notice_id("c1", "1", 1_714_557_600_000),
+               "room":"lobby","userId":"alice","connectionId":"c1","at":"2024-05-01T10:00:00.000Z"})
     );
     let msg = assert_broadcast(&calls[1], &app.rest, "lobby");
     assert_eq!(
@@ -173,6 +174,11 @@ async fn full_conversation_broadcasts_stores_and_replays() {
     let left = assert_broadcast(&calls[2], &app.rest, "lobby");
     assert_eq!(left["type"], "left");
     assert_eq!(left["connectionId"], "c1");
+    // Every broadcast carries an id of its own, so a client can drop a duplicate.
+    assert!(
+        left["id"].as_str().is_some_and(|l| l != joined["id"]),
+        "{left}"
+    );
 
     let history = app.history("lobby").await;
     assert_eq!(history["next"], Value::Null);
@@ -613,4 +619,35 @@ async fn unreachable_store_is_503_with_a_reason_and_no_broadcast() {
         .await
         .unwrap();
     assert_eq!(r.status(), 503);
+}
+
+#[tokio::test]
+async fn a_room_from_the_connection_state_is_checked_like_any_other() {
+    let app = spawn_app().await;
+    let long = "r".repeat(5_000);
+    for bad in ["", "../../api/x?y=1#z", long.as_str()] {
+        let r = app
+            .send(
+                ctx("c1", Some("alice"), "1", Some(bad)),
+                message("hi"),
+                &[KEY],
+            )
+            .await;
+        assert_eq!(r.status(), 400, "{bad:.40}");
+        assert!(r.text().await.unwrap().starts_with("room "), "{bad:.40}");
+        let r = app
+            .send(
+                ctx("c1", Some("alice"), "2", Some(bad)).with_event_name("connected"),
+                Event::Connected,
+                &[KEY],
+            )
+            .await;
+        assert_eq!(r.status(), 400, "{bad:.40}");
+    }
+    assert!(app.rest.requests().is_empty(), "nothing was broadcast");
+    let db = rusqlite::Connection::open(&app.db).unwrap();
+    let stored: i64 = db
+        .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, 0);
 }

@@ -12,5 +12,6 @@ mod compat;
 mod crash;
 mod emulator;
 mod emulator_api;
+mod outbox;
 mod runtimes;
 mod store;
