@@ -7,6 +7,7 @@
 
 mod support;
 
+mod chaos;
 mod chat;
 mod compat;
 mod crash;
