@@ -15,4 +15,5 @@ mod emulator;
 mod emulator_api;
 mod outbox;
 mod runtimes;
+mod shutdown;
 mod store;
