@@ -198,6 +198,7 @@ async fn endpoint(
         subprotocol.clone(),
         accepted.roles,
         accepted.state,
+        s.reliable_limit,
     ));
     Ok(start(
         s,

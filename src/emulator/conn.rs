@@ -1,26 +1,35 @@
 //! One logical client connection: identity, roles, connection state, the ackIds it has used, and
-//! its outbound queue — for the reliable protocol with sequence ids and the unacked buffer that
-//! survives a dropped socket until the client recovers it.
+//! its outbound side — the attached socket's bounded queue (`queue`) and, for the reliable
+//! protocol, sequence ids and the bounded unacked buffer that survives a dropped socket until the
+//! client recovers it. Either bound overflowing ends the connection (`Overflow`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use axum::extract::ws::Utf8Bytes;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use bytes::Bytes;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub use super::queue::Frame;
+use super::queue::{BufferLimit, Outq};
 use crate::protocol::EventData;
 
 pub const JSON_V1: &str = "json.webpubsub.azure.v1";
 pub const JSON_RELIABLE_V1: &str = "json.reliable.webpubsub.azure.v1";
 
-/// The reliable buffer's limits (client-protocol §6): overflow closes the connection for good.
-const MAX_UNACKED: usize = 1000;
-const MAX_UNACKED_BYTES: usize = 16 * 1024 * 1024;
+/// Close code for a client over a buffer bound: 1008 (PolicyViolation), as Microsoft's emulator
+/// closes on a full reliable buffer (client-protocol §6, `emu` LogicalConnection.cs `SendData`).
+/// It also stops the JS client's recovery loop, which is right: the messages are gone.
+pub const BUFFER_FULL_CODE: u16 = 1008;
+/// The reliable buffer of unacked messages is full: Microsoft's emulator's reason (§6).
+pub const RELIABLE_BUFFER_FULL: &str = "The reliable message buffer is full.";
+/// The socket's outbound queue is full (a client that does not read). UNVERIFIED: the reference
+/// documents no slow-consumer close for the non-reliable protocols; this copies the closest
+/// documented behaviour, the reliable buffer's (code 1008 and a reason in the same words).
+pub const OUTBOUND_BUFFER_FULL: &str = "The outbound message buffer is full.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proto {
@@ -41,14 +50,6 @@ impl Proto {
     }
 }
 
-/// One frame for a client's socket.
-#[derive(Debug, Clone)]
-pub enum Frame {
-    Text(String),
-    Binary(Bytes),
-    Close(u16, String),
-}
-
 /// Where a data message came from, as the JSON protocols tell the client.
 #[derive(Debug, Clone)]
 pub enum Origin {
@@ -59,15 +60,20 @@ pub enum Origin {
     },
 }
 
-/// Why a data message was not queued: the caller closes the connection.
+/// A bound overflowed: the connection is closed (its buffers freed, an attached socket cut with
+/// a `disconnected` message and close 1008). With no socket attached, the caller must finish it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BufferFull;
+pub struct Overflow {
+    pub reason: &'static str,
+}
 
 struct Outbox {
-    tx: Option<mpsc::UnboundedSender<Frame>>,
+    tx: Option<Outq>,
     next_seq: u64,
-    unacked: VecDeque<(u64, String)>,
+    /// Reliable only: sent and not yet acked, shared with the socket queue (no copy).
+    unacked: VecDeque<(u64, Utf8Bytes)>,
     unacked_bytes: usize,
+    reliable_limit: BufferLimit,
     /// Bumped on every attach, so a stale session (or recovery timer) can tell it lost the race.
     generation: u64,
     detached_at: Option<Instant>,
@@ -106,6 +112,7 @@ impl Conn {
         subprotocol: Option<String>,
         roles: HashSet<String>,
         state: Option<String>,
+        reliable_limit: BufferLimit,
     ) -> Conn {
         Conn {
             id,
@@ -122,6 +129,7 @@ impl Conn {
                 next_seq: 1,
                 unacked: VecDeque::new(),
                 unacked_bytes: 0,
+                reliable_limit,
                 generation: 0,
                 detached_at: None,
             }),
@@ -142,17 +150,18 @@ impl Conn {
     }
 
     /// Attaches a socket (a new one, or a recovering one): the reliable protocol first replays
-    /// what the client has not acked. A socket still attached is told to go away.
-    pub fn attach(&self, tx: mpsc::UnboundedSender<Frame>) -> u64 {
+    /// what the client has not acked (bounded by the reliable buffer, so queued whatever the
+    /// socket's own bound). A socket still attached is told to go away.
+    pub fn attach(&self, tx: Outq) -> u64 {
         let mut out = self.out.lock().unwrap();
         if let Some(old) = out.tx.take() {
-            let _ = old.send(Frame::Close(
+            old.push_anyway(Frame::Close(
                 1000,
                 "Superseded by a recovered socket.".into(),
             ));
         }
         for (_, frame) in &out.unacked {
-            let _ = tx.send(Frame::Text(frame.clone()));
+            tx.push_anyway(Frame::Text(frame.clone()));
         }
         out.tx = Some(tx);
         out.generation += 1;
@@ -207,51 +216,86 @@ impl Conn {
         self.connected_hook.lock().unwrap().take()
     }
 
-    /// A control frame (connected, ack, pong, disconnected): never sequenced or buffered.
+    /// A control frame (ack, pong, invokeResponse): never sequenced or retained, but counted
+    /// against the socket's bound like any other (a client may ping without ever reading).
     pub fn send_control(&self, v: Value) {
-        self.send_frame(Frame::Text(v.to_string()));
+        let mut out = self.out.lock().unwrap();
+        // An overflow cuts the attached socket; its session finishes the connection.
+        let _ = self.queue(&mut out, Frame::text(v.to_string()));
     }
 
-    pub fn send_frame(&self, f: Frame) {
+    /// The frames a server close ends a socket with (`disconnected`, close): queued after what
+    /// is already there, whatever the bound.
+    pub fn send_goodbye(&self, frames: Vec<Frame>) {
         if let Some(tx) = &self.out.lock().unwrap().tx {
-            let _ = tx.send(f);
+            for f in frames {
+                tx.push_anyway(f);
+            }
         }
     }
 
     /// Delivers a data message in this connection's protocol: raw frames for simple clients, a
     /// `message` envelope for the JSON ones (with the next `sequenceId`, kept until acked, for
-    /// the reliable one). Messages for a detached non-reliable connection are dropped.
-    pub fn send_data(&self, origin: &Origin, data: &EventData) -> Result<(), BufferFull> {
-        if self.proto == Proto::Simple {
-            let frame = match data {
-                EventData::Text(s) => Frame::Text(s.clone()),
-                EventData::Json(v) => Frame::Text(v.to_string()),
-                EventData::Binary(b) => Frame::Binary(b.clone()),
-            };
-            self.send_frame(frame);
+    /// the reliable one). Messages for a detached non-reliable connection, or a closed one, are
+    /// dropped. Never waits: over a bound, the connection is closed instead (Err).
+    pub fn send_data(&self, origin: &Origin, data: &EventData) -> Result<(), Overflow> {
+        if self.is_closed() {
             return Ok(());
         }
-        let mut msg = envelope(origin, data);
+        let frame = match (self.proto, data) {
+            (Proto::Simple, EventData::Text(s)) => Frame::text(s.as_str()),
+            (Proto::Simple, EventData::Json(v)) => Frame::text(v.to_string()),
+            (Proto::Simple, EventData::Binary(b)) => Frame::Binary(b.clone()),
+            _ => {
+                let mut msg = envelope(origin, data);
+                let mut out = self.out.lock().unwrap();
+                if self.proto == Proto::Reliable {
+                    let seq = out.next_seq;
+                    msg["sequenceId"] = seq.into();
+                    let text = Utf8Bytes::from(msg.to_string());
+                    let (n, bytes) = (out.unacked.len(), out.unacked_bytes);
+                    if !out.reliable_limit.admits(n, bytes, text.len()) {
+                        return Err(self.overflow(&mut out, RELIABLE_BUFFER_FULL));
+                    }
+                    out.next_seq += 1;
+                    out.unacked_bytes += text.len();
+                    out.unacked.push_back((seq, text.clone()));
+                    return self.queue(&mut out, Frame::Text(text));
+                }
+                return self.queue(&mut out, Frame::text(msg.to_string()));
+            }
+        };
         let mut out = self.out.lock().unwrap();
-        if self.proto == Proto::Reliable {
-            let seq = out.next_seq;
-            msg["sequenceId"] = seq.into();
-            let text = msg.to_string();
-            if out.unacked.len() >= MAX_UNACKED
-                || out.unacked_bytes + text.len() > MAX_UNACKED_BYTES
-            {
-                return Err(BufferFull);
-            }
-            out.next_seq += 1;
-            out.unacked_bytes += text.len();
-            out.unacked.push_back((seq, text.clone()));
-            if let Some(tx) = &out.tx {
-                let _ = tx.send(Frame::Text(text));
-            }
-        } else if let Some(tx) = &out.tx {
-            let _ = tx.send(Frame::Text(msg.to_string()));
+        self.queue(&mut out, frame)
+    }
+
+    /// Queues `f` on the attached socket (none: dropped); over the socket's bound, closes.
+    fn queue(&self, out: &mut Outbox, f: Frame) -> Result<(), Overflow> {
+        match &out.tx {
+            Some(tx) if tx.push(f).is_err() => Err(self.overflow(out, OUTBOUND_BUFFER_FULL)),
+            _ => Ok(()),
         }
-        Ok(())
+    }
+
+    /// A bound overflowed: the connection is over. What it buffered is freed now: the unacked
+    /// messages here, the socket's backlog by its writer, which sends the goodbye instead (the
+    /// `disconnected` message and close 1008 that a server close sends) and ends the session.
+    fn overflow(&self, out: &mut Outbox, reason: &'static str) -> Overflow {
+        if self.close_with(reason) {
+            tracing::info!(target: "hubhook::emulator", conn = %self.id, "closing client: {reason}");
+        }
+        out.unacked = VecDeque::new();
+        out.unacked_bytes = 0;
+        if let Some(tx) = &out.tx {
+            let mut goodbye = Vec::new();
+            if self.proto != Proto::Simple {
+                let msg = json!({"type": "system", "event": "disconnected", "message": reason});
+                goodbye.push(Frame::text(msg.to_string()));
+            }
+            goodbye.push(Frame::Close(BUFFER_FULL_CODE, reason.to_string()));
+            tx.cut(goodbye);
+        }
+        Overflow { reason }
     }
 
     /// The client has every message up to `upto` (cumulative).
@@ -325,6 +369,8 @@ pub fn json_data(data: &EventData) -> (&'static str, Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::emulator::queue::{queue, Frames, DEFAULT_RELIABLE_MESSAGES};
+    use bytes::Bytes;
 
     fn conn(proto: &str) -> Conn {
         Conn::new(
@@ -334,12 +380,18 @@ mod tests {
             Some(proto.into()),
             HashSet::new(),
             None,
+            BufferLimit::RELIABLE,
         )
     }
 
-    fn drain(rx: &mut mpsc::UnboundedReceiver<Frame>) -> Vec<Value> {
+    fn socket() -> (Outq, Frames) {
+        let (q, frames, _cut) = queue(BufferLimit::OUTBOUND);
+        (q, frames)
+    }
+
+    fn drain(rx: &mut Frames) -> Vec<Value> {
         let mut v = Vec::new();
-        while let Ok(Frame::Text(t)) = rx.try_recv() {
+        while let Some(Frame::Text(t)) = rx.try_recv() {
             v.push(serde_json::from_str(&t).unwrap());
         }
         v
@@ -348,7 +400,7 @@ mod tests {
     #[test]
     fn reliable_sequence_ids_start_at_one_and_unacked_are_replayed() {
         let c = conn(JSON_RELIABLE_V1);
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = socket();
         let g = c.attach(tx);
         for i in 0..3 {
             c.send_data(&Origin::Server, &EventData::Text(format!("m{i}")))
@@ -363,7 +415,7 @@ mod tests {
         assert!(c.detach(g));
         c.send_data(&Origin::Server, &EventData::Text("while away".into()))
             .unwrap();
-        let (tx2, mut rx2) = mpsc::unbounded_channel();
+        let (tx2, mut rx2) = socket();
         c.attach(tx2);
         let replay: Vec<(u64, String)> = drain(&mut rx2)
             .iter()
@@ -384,7 +436,7 @@ mod tests {
     #[test]
     fn json_protocol_has_no_sequence_ids_and_simple_gets_raw_frames() {
         let c = conn(JSON_V1);
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = socket();
         c.attach(tx);
         let origin = Origin::Group {
             group: "g".into(),
@@ -398,23 +450,104 @@ mod tests {
         );
         let s = conn("custom");
         assert_eq!(s.proto, Proto::Simple);
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = socket();
         s.attach(tx);
         s.send_data(&origin, &EventData::Binary(Bytes::from_static(b"\x01")))
             .unwrap();
-        assert!(matches!(rx.try_recv(), Ok(Frame::Binary(b)) if b.as_ref() == b"\x01"));
+        assert!(matches!(rx.try_recv(), Some(Frame::Binary(b)) if b.as_ref() == b"\x01"));
     }
 
     #[test]
-    fn reliable_buffer_overflow_is_reported() {
+    fn reliable_buffer_overflow_closes_and_frees_it() {
         let c = conn(JSON_RELIABLE_V1);
-        for _ in 0..MAX_UNACKED {
+        for _ in 0..DEFAULT_RELIABLE_MESSAGES {
             c.send_data(&Origin::Server, &EventData::Text("x".into()))
                 .unwrap();
         }
         assert_eq!(
             c.send_data(&Origin::Server, &EventData::Text("x".into())),
-            Err(BufferFull)
+            Err(Overflow {
+                reason: RELIABLE_BUFFER_FULL
+            })
+        );
+        assert_eq!(c.closed_reason().as_deref(), Some(RELIABLE_BUFFER_FULL));
+        let out = c.out.lock().unwrap();
+        assert_eq!((out.unacked.len(), out.unacked_bytes), (0, 0));
+        drop(out);
+        assert_eq!(
+            c.send_data(&Origin::Server, &EventData::Text("x".into())),
+            Ok(()),
+            "a closed connection drops data"
+        );
+    }
+
+    #[test]
+    fn a_socket_over_its_bound_is_cut_with_disconnected_and_1008() {
+        // 300 bytes of data: a raw frame of 300, a JSON envelope of ~360; the bound is 1000.
+        for (proto, fits, frames) in [(JSON_V1, 2, 2), ("custom", 3, 1)] {
+            let c = conn(proto);
+            let (q, _frames, mut cut) = queue(BufferLimit {
+                bytes: 1000,
+                messages: 100,
+            });
+            c.attach(q);
+            let big = EventData::Text("x".repeat(300));
+            let sent = (0..10)
+                .take_while(|_| c.send_data(&Origin::Server, &big).is_ok())
+                .count();
+            assert_eq!(sent, fits, "{proto}");
+            assert!(c.is_closed());
+            let goodbye = cut.try_recv().expect("cut");
+            assert_eq!(goodbye.len(), frames, "{proto}");
+            assert!(
+                matches!(goodbye.last(), Some(Frame::Close(1008, r)) if r == OUTBOUND_BUFFER_FULL)
+            );
+            if let [Frame::Text(t), _] = &goodbye[..] {
+                let v: Value = serde_json::from_str(t).unwrap();
+                assert_eq!(
+                    v,
+                    json!({"type": "system", "event": "disconnected", "message": OUTBOUND_BUFFER_FULL})
+                );
+            }
+        }
+        // Control frames count too: a client that pings and never reads is cut as well.
+        let c = conn(JSON_V1);
+        let (q, _frames, mut cut) = queue(BufferLimit {
+            bytes: 1 << 20,
+            messages: 5,
+        });
+        c.attach(q);
+        for _ in 0..6 {
+            c.send_control(json!({"type": "pong"}));
+        }
+        assert!(c.is_closed() && cut.try_recv().is_ok());
+    }
+
+    #[test]
+    fn reliable_buffer_bound_is_the_configured_one() {
+        let c = Conn::new(
+            "c1".into(),
+            "chat".into(),
+            None,
+            Some(JSON_RELIABLE_V1.into()),
+            HashSet::new(),
+            None,
+            BufferLimit {
+                bytes: 1 << 20,
+                messages: 2,
+            },
+        );
+        let (q, mut rx) = socket();
+        c.attach(q);
+        let m = EventData::Text("m".into());
+        c.send_data(&Origin::Server, &m).unwrap();
+        c.send_data(&Origin::Server, &m).unwrap();
+        assert_eq!(drain(&mut rx).len(), 2, "read by the client, not yet acked");
+        c.sequence_ack(1);
+        c.send_data(&Origin::Server, &m).unwrap();
+        assert_eq!(
+            c.send_data(&Origin::Server, &m).map_err(|o| o.reason),
+            Err(RELIABLE_BUFFER_FULL)
         );
     }
 

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::conn::{json_data, Conn, Origin, Proto};
 use super::frame::{self, ClientFrame, FrameError, GroupMessage, Invocation, UserEvent};
-use super::{Shared, BUFFER_FULL};
+use super::Shared;
 use crate::protocol::EventData;
 
 /// How a simple (no JSON subprotocol) client's frames are used.
@@ -236,8 +236,8 @@ async fn on_event(s: &Arc<Shared>, conn: &Arc<Conn>, e: UserEvent) -> Result<(),
         .await
         .map_err(|e| AckError::new("InternalServerError", e.to_string()))?;
     if let Some(reply) = reply {
-        if conn.send_data(&Origin::Server, &reply).is_err() {
-            return Err(Stop::new(1008, BUFFER_FULL).into());
+        if let Err(full) = conn.send_data(&Origin::Server, &reply) {
+            s.overflowed(conn, full);
         }
     }
     Ok(())
@@ -318,7 +318,9 @@ async fn on_simple_frame(
         // A failed (or missing) handler closes a simple client: it has no acks to say so.
         SimpleMode::SendEvent => match s.user_event(conn, "message", data).await {
             Ok(Some(reply)) => {
-                let _ = conn.send_data(&Origin::Server, &reply);
+                if let Err(full) = conn.send_data(&Origin::Server, &reply) {
+                    s.overflowed(conn, full);
+                }
                 Ok(())
             }
             Ok(None) => Ok(()),

@@ -9,7 +9,8 @@
 //! | `session` | one socket's life: `connected`, read and write loops, final close or drop (recovery) |
 //! | `frame` | the JSON protocols' client frames (`ClientFrame`, a serde-tagged enum) and their data |
 //! | `handle` | what each client frame does: acks, groups, user events, invocations; simple clients |
-//! | `conn` | one logical connection: roles, state, ackIds, outbound queue with sequence ids |
+//! | `conn` | one logical connection: roles, state, ackIds, sequence ids and the reliable buffer |
+//! | `queue` | one socket's outbound queue: never waits, bounded in bytes and messages |
 //! | `hub` | connections and groups per hub |
 //! | `upstream` | event-handler settings and the webhook calls (abuse protection, signing, timeouts) |
 //! | `rest` | the REST API 2024-12-01 (`RestOp`: route, then one function per operation), `filter` its OData filters |
@@ -23,10 +24,13 @@ mod auth;
 mod client;
 mod conn;
 mod filter;
+#[cfg(test)]
+mod flood_tests;
 mod frame;
 mod handle;
 mod hub;
 mod lenient;
+mod queue;
 mod rest;
 mod session;
 mod upstream;
@@ -40,18 +44,22 @@ use axum::routing::{any, get};
 use axum::Router;
 
 pub use client::NOT_RECOVERABLE;
-pub use conn::{JSON_RELIABLE_V1, JSON_V1};
+pub use conn::{
+    BUFFER_FULL_CODE, JSON_RELIABLE_V1, JSON_V1, OUTBOUND_BUFFER_FULL, RELIABLE_BUFFER_FULL,
+};
 pub use filter::{Filter, FilterError};
+pub use queue::{
+    BufferLimit, DEFAULT_OUTBOUND_BYTES, DEFAULT_OUTBOUND_MESSAGES, DEFAULT_RELIABLE_BYTES,
+    DEFAULT_RELIABLE_MESSAGES,
+};
 pub use session::MAX_FRAME;
 pub use upstream::{HandlerSettings, InvalidHandlerSpec, WebhookLog, WebhookObserver};
 
 use crate::protocol::{DisconnectedRequest, Event, EventContext, EventData, UserEvent};
 use crate::runtime::listener::Limits;
 use crate::service::{AccessKey, ConnectionString};
-use conn::{Conn, Origin, Proto};
+use conn::{Conn, Frame, Origin, Proto};
 use upstream::UpstreamReply;
-
-const BUFFER_FULL: &str = "The reliable message buffer is full.";
 
 #[derive(Clone)]
 pub struct EmulatorConfig {
@@ -69,6 +77,14 @@ pub struct EmulatorConfig {
     /// A client close frame without code 1000 (what `client.stop()` sends) ends a reliable
     /// connection at once instead of keeping it for recovery (Microsoft's emulator keeps it).
     pub close_frame_is_final: bool,
+    /// Per socket: what may wait to be sent to a client that reads slower than it is sent to
+    /// (or not at all). Over it, the client is closed (1008, [`OUTBOUND_BUFFER_FULL`]); senders
+    /// never wait on it. Default [`BufferLimit::OUTBOUND`]: 16 MiB / 10,000 messages.
+    pub outbound_limit: BufferLimit,
+    /// Per reliable connection: messages sent and not yet acked, kept for recovery. Over it,
+    /// the client is closed (1008, [`RELIABLE_BUFFER_FULL`]). Default the service's
+    /// [`BufferLimit::RELIABLE`]: 16 MiB / 1000 messages.
+    pub reliable_limit: BufferLimit,
     /// `WebHook-Request-Origin` sent to event handlers.
     pub origin: String,
     /// Told about every webhook call (`hubhook dev` prints one line each).
@@ -84,6 +100,8 @@ impl fmt::Debug for EmulatorConfig {
             .field("upstream_timeout", &self.upstream_timeout)
             .field("recovery_window", &self.recovery_window)
             .field("close_frame_is_final", &self.close_frame_is_final)
+            .field("outbound_limit", &self.outbound_limit)
+            .field("reliable_limit", &self.reliable_limit)
             .field("origin", &self.origin)
             .finish_non_exhaustive()
     }
@@ -100,6 +118,8 @@ impl EmulatorConfig {
             upstream_timeout: Duration::from_secs(10),
             recovery_window: Duration::from_secs(30),
             close_frame_is_final: false,
+            outbound_limit: BufferLimit::OUTBOUND,
+            reliable_limit: BufferLimit::RELIABLE,
             origin: "localhost".into(),
             on_webhook: None,
         }
@@ -156,6 +176,8 @@ pub(crate) struct Shared {
     recovery_window: Duration,
     close_frame_is_final: bool,
     upstream_timeout: Duration,
+    outbound_limit: BufferLimit,
+    reliable_limit: BufferLimit,
 }
 
 pub struct Emulator {
@@ -203,6 +225,8 @@ impl Emulator {
             recovery_window: config.recovery_window,
             close_frame_is_final: config.close_frame_is_final,
             upstream_timeout: config.upstream_timeout,
+            outbound_limit: config.outbound_limit,
+            reliable_limit: config.reliable_limit,
         });
         let router = Router::new()
             .route("/client/hubs/{hub}", get(client::hub_path))
@@ -388,12 +412,14 @@ impl Shared {
         if !conn.close_with(reason) {
             return;
         }
+        let mut goodbye = Vec::new();
         if conn.proto != Proto::Simple {
-            conn.send_control(
-                serde_json::json!({"type": "system", "event": "disconnected", "message": reason}),
-            );
+            let msg =
+                serde_json::json!({"type": "system", "event": "disconnected", "message": reason});
+            goodbye.push(Frame::text(msg.to_string()));
         }
-        conn.send_frame(conn::Frame::Close(1008, reason.to_string()));
+        goodbye.push(Frame::Close(1008, reason.to_string()));
+        conn.send_goodbye(goodbye);
         if !conn.is_attached() {
             let (s, c, r) = (self.clone(), conn.clone(), reason.to_string());
             tokio::spawn(async move { s.finish(&c, &r).await });
@@ -412,6 +438,8 @@ impl Shared {
         self.deliver(members, origin, data, exclude);
     }
 
+    /// Queues `data` for each connection; never waits, so one client that does not read
+    /// neither blocks nor slows the others: over its bound it is closed instead.
     pub(crate) fn deliver(
         self: &Arc<Self>,
         conns: Vec<Arc<Conn>>,
@@ -420,9 +448,18 @@ impl Shared {
         exclude: &[String],
     ) {
         for c in conns.into_iter().filter(|c| !exclude.contains(&c.id)) {
-            if c.send_data(origin, data).is_err() {
-                self.close(&c, BUFFER_FULL);
+            if let Err(full) = c.send_data(origin, data) {
+                self.overflowed(&c, full);
             }
+        }
+    }
+
+    /// A connection closed by an overflow: an attached socket was cut and its session finishes
+    /// the connection; a detached one (reliable, awaiting recovery) is finished here.
+    pub(crate) fn overflowed(self: &Arc<Self>, conn: &Arc<Conn>, full: conn::Overflow) {
+        if !conn.is_attached() {
+            let (s, c) = (self.clone(), conn.clone());
+            tokio::spawn(async move { s.finish(&c, full.reason).await });
         }
     }
 }

@@ -11,18 +11,21 @@ use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tungstenite::error::ProtocolError;
 
 use super::conn::{Conn, Frame, Proto};
 use super::handle::{on_frame, SimpleMode, Stop};
+use super::queue::{self, Cut, Frames, Outq};
 use super::Shared;
 use crate::protocol::Event;
 
 /// Frames (and messages) over this size are refused with close 1009: the service's limit is 1 MB.
 pub const MAX_FRAME: usize = 1024 * 1024;
 
-/// How long a closing socket may take to answer our close frame or drain its writer.
+/// How long a closing socket may take to answer our close frame or drain its writer, and how
+/// long a cut socket's writer tries to send its goodbye (a client that does not read never
+/// takes it).
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +41,9 @@ enum End {
     Dropped,
     /// A recovered socket replaced this one.
     Superseded,
+    /// The socket was cut (over a buffer bound): the connection is over, and the client, which
+    /// does not read, will not answer a close.
+    Cut,
 }
 
 pub async fn run(
@@ -47,14 +53,14 @@ pub async fn run(
     mode: SimpleMode,
     start: Start,
 ) {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, frames, cut) = queue::queue(s.outbound_limit);
     // `connected` goes first, before any replay and before any client frame is read.
     if conn.proto != Proto::Simple {
         let mut connected = json!({"type": "system", "event": "connected", "userId": conn.user_id, "connectionId": conn.id});
         if conn.proto == Proto::Reliable {
             connected["reconnectionToken"] = conn.reconnection_token.clone().into();
         }
-        let _ = tx.send(Frame::Text(connected.to_string()));
+        tx.push_anyway(Frame::text(connected.to_string()));
     }
     let generation = conn.attach(tx.clone());
     if start == Start::New {
@@ -72,9 +78,10 @@ pub async fn run(
 
     let (sink, mut stream) = socket.split();
     let (closed_tx, mut closed_by_server) = oneshot::channel();
-    let mut writer = tokio::spawn(write_loop(sink, rx, closed_tx));
+    let mut writer = tokio::spawn(write_loop(sink, frames, cut, closed_tx));
     let end = read_loop(&s, &conn, &tx, &mut stream, &mut closed_by_server, &mode).await;
     drop(tx);
+    let cut = matches!(end, End::Cut);
     // Finish the close handshake either way: reading once more sends tungstenite's reply to a
     // client close, or receives the client's reply to ours (bounded).
     let drain = async move {
@@ -86,11 +93,13 @@ pub async fn run(
     // Decided before the socket drains: a recovery arriving meanwhile must already see it.
     let end = detach(&conn, generation, end);
     finish_writer(&mut writer).await;
-    drain.await;
+    if !cut {
+        drain.await;
+    }
     match end {
         End::Final(reason) => s.finish(&conn, &reason).await,
         End::Dropped => keep_for_recovery(s, conn, generation),
-        End::Superseded => {}
+        End::Superseded | End::Cut => {}
     }
 }
 
@@ -98,7 +107,7 @@ pub async fn run(
 /// recovered socket (or a superseded socket) ends as `Superseded`: nothing left to do.
 fn detach(conn: &Conn, generation: u64, end: End) -> End {
     let end = match end {
-        End::Dropped | End::Superseded if conn.is_closed() => {
+        End::Dropped | End::Superseded | End::Cut if conn.is_closed() => {
             End::Final(conn.closed_reason().unwrap_or_default())
         }
         other => other,
@@ -110,7 +119,7 @@ fn detach(conn: &Conn, generation: u64, end: End) -> End {
             End::Final(reason)
         }
         End::Dropped if conn.detach(generation) => End::Dropped,
-        End::Dropped | End::Superseded => End::Superseded,
+        End::Dropped | End::Superseded | End::Cut => End::Superseded,
     }
 }
 
@@ -135,29 +144,61 @@ async fn finish_writer(writer: &mut tokio::task::JoinHandle<()>) {
     }
 }
 
+/// Sends the queue's frames in order until a close frame. A cut (the queue over its bound)
+/// overtakes the backlog, which is dropped at once (its memory freed), and does not wait for the
+/// frame being sent (tungstenite completes it ahead of the goodbye, so frames stay whole). The
+/// goodbye is sent as far as the client takes it within `CLOSE_GRACE`; one that does not read
+/// takes none of it, and the session drops the socket.
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::UnboundedReceiver<Frame>,
-    closed: oneshot::Sender<()>,
+    mut frames: Frames,
+    mut cut: Cut,
+    closed: oneshot::Sender<bool>,
 ) {
-    while let Some(f) = rx.recv().await {
-        let msg = match f {
-            Frame::Text(t) => Message::Text(t.into()),
-            Frame::Binary(b) => Message::Binary(b),
-            Frame::Close(code, reason) => {
-                let reason: String = reason.chars().take(100).collect();
-                let _ = sink
-                    .send(Message::Close(Some(CloseFrame {
-                        code,
-                        reason: reason.into(),
-                    })))
-                    .await;
-                let _ = closed.send(());
-                return;
-            }
+    let goodbye = loop {
+        let f = tokio::select! {
+            biased;
+            g = &mut cut => break g.unwrap_or_default(),
+            f = frames.recv() => match f {
+                Some(f) => f,
+                None => return,
+            },
         };
-        if sink.send(msg).await.is_err() {
+        let last = matches!(f, Frame::Close(..));
+        let sent = tokio::select! {
+            biased;
+            g = &mut cut => break g.unwrap_or_default(),
+            r = sink.send(message(f)) => r,
+        };
+        if last {
+            let _ = closed.send(false);
             return;
+        }
+        if sent.is_err() {
+            return;
+        }
+    };
+    drop(frames);
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        for f in goodbye {
+            sink.send(message(f)).await?;
+        }
+        Ok::<_, axum::Error>(())
+    })
+    .await;
+    let _ = closed.send(true);
+}
+
+fn message(f: Frame) -> Message {
+    match f {
+        Frame::Text(t) => Message::Text(t),
+        Frame::Binary(b) => Message::Binary(b),
+        Frame::Close(code, reason) => {
+            let reason: String = reason.chars().take(100).collect();
+            Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            }))
         }
     }
 }
@@ -165,15 +206,18 @@ async fn write_loop(
 async fn read_loop(
     s: &Arc<Shared>,
     conn: &Arc<Conn>,
-    tx: &mpsc::UnboundedSender<Frame>,
+    tx: &Outq,
     stream: &mut SplitStream<WebSocket>,
-    closed_by_server: &mut oneshot::Receiver<()>,
+    closed_by_server: &mut oneshot::Receiver<bool>,
     mode: &SimpleMode,
 ) -> End {
     loop {
         let msg = tokio::select! {
             m = stream.next() => m,
-            _ = &mut *closed_by_server => return await_close_reply(conn, stream).await,
+            r = &mut *closed_by_server => return match r {
+                Ok(true) => End::Cut,
+                _ => await_close_reply(conn, stream).await,
+            },
         };
         let msg = match msg {
             None => return dropped(conn),
@@ -273,13 +317,13 @@ fn socket_error(e: axum::Error) -> Option<Stop> {
 }
 
 /// Tells a JSON client why (`disconnected`), then closes with the code; the connection is over.
-fn protocol_stop(conn: &Conn, tx: &mpsc::UnboundedSender<Frame>, st: Stop) -> End {
+fn protocol_stop(conn: &Conn, tx: &Outq, st: Stop) -> End {
     tracing::info!(target: "hubhook::emulator", conn = %conn.id, code = st.code, "closing client: {}", st.reason);
     if conn.proto != Proto::Simple {
         let msg = json!({"type": "system", "event": "disconnected", "message": st.reason});
-        let _ = tx.send(Frame::Text(msg.to_string()));
+        tx.push_anyway(Frame::text(msg.to_string()));
     }
-    let _ = tx.send(Frame::Close(st.code, st.reason.clone()));
+    tx.push_anyway(Frame::Close(st.code, st.reason.clone()));
     End::Final(st.reason)
 }
 
