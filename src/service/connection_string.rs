@@ -82,7 +82,7 @@ impl ConnectionString {
         }
         let host = match url.host() {
             None => return Err(invalid("no host")),
-            Some(url::Host::Domain(d)) if d.is_empty() => return Err(invalid("no host")),
+            Some(url::Host::Domain("")) => return Err(invalid("no host")),
             Some(h) => h,
         };
         // Without a scheme the value is guessed to be a host name: accept only what looks like
