@@ -7,10 +7,12 @@
 
 mod support;
 
+mod boundary;
 mod chat;
 mod compat;
 mod crash;
 mod emulator;
 mod emulator_api;
 mod runtimes;
+mod settings;
 mod store;
