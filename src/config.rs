@@ -4,8 +4,10 @@
 //! This module is the only place that reads the process environment: the command line (with each
 //! flag's variable), and the variables platforms set ([`Platform::detect`]).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
+
+use base64::Engine as _;
 
 use clap::{Args, Subcommand};
 
@@ -48,8 +50,9 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct EmulatorArgs {
-    #[arg(long, env = "HUBHOOK_EMULATOR_PORT", default_value_t = 8080)]
-    pub port: u16,
+    /// Port of the emulator (0 picks a free one).
+    #[arg(long, env = "HUBHOOK_EMULATOR_PORT", default_value = "8080")]
+    pub port: String,
     #[arg(long, env = "HUBHOOK_EMULATOR_BIND", default_value = "127.0.0.1")]
     pub bind: String,
     /// Allow a non-loopback bind address (the access key is public!).
@@ -61,13 +64,32 @@ pub struct EmulatorArgs {
     pub event_handler: Vec<String>,
 }
 
+impl EmulatorArgs {
+    /// `HUBHOOK_EMULATOR_BIND` and `HUBHOOK_EMULATOR_PORT`, each error naming its variable.
+    pub fn addr(&self) -> Result<SocketAddr, ConfigError> {
+        let ip = parse_num("HUBHOOK_EMULATOR_BIND", &self.bind, "an IP address")?;
+        Ok(SocketAddr::new(ip, emulator_port(&self.port)?))
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct DevArgs {
-    /// Port of the local Web PubSub emulator (the service endpoint).
-    #[arg(long, env = "HUBHOOK_EMULATOR_PORT", default_value_t = 8080)]
-    pub emulator_port: u16,
+    /// Port of the local Web PubSub emulator (the service endpoint; 0 picks a free one).
+    #[arg(long, env = "HUBHOOK_EMULATOR_PORT", default_value = "8080")]
+    pub emulator_port: String,
     #[command(flatten)]
     pub serve: ServeArgs,
+}
+
+impl DevArgs {
+    /// `HUBHOOK_EMULATOR_PORT`.
+    pub fn emulator_port(&self) -> Result<u16, ConfigError> {
+        emulator_port(&self.emulator_port)
+    }
+}
+
+fn emulator_port(v: &str) -> Result<u16, ConfigError> {
+    parse_num("HUBHOOK_EMULATOR_PORT", v, "a port number (0-65535)")
 }
 
 /// How logs are written: `pretty` for a person, `json` for a log stream.
@@ -124,6 +146,47 @@ pub fn log_filter() -> Result<Option<String>, ConfigError> {
     Ok(env_var("RUST_LOG")?.filter(|v| !v.trim().is_empty()))
 }
 
+/// Every variable hubhook reads: the flags' (clap reads those, and would answer a value that is
+/// not UTF-8 with a generic error naming no variable) and the ones read here directly.
+pub const VARIABLES: &[&str] = &[
+    "PORT",
+    "HUBHOOK_BIND",
+    "WEBPUBSUB_CONNECTION_STRING",
+    "WEBPUBSUB_CONNECTION_STRING_FILE",
+    "WEBPUBSUB_CONNECTION_STRING_SECRET_ARN",
+    "WEBPUBSUB_HUB",
+    "WEBPUBSUB_ACCESS_KEYS",
+    "HUBHOOK_ALLOWED_ORIGINS",
+    "HUBHOOK_STORE",
+    "HUBHOOK_NEGOTIATE",
+    "HUBHOOK_ALLOW_ANONYMOUS",
+    "HUBHOOK_MAX_MESSAGE_BYTES",
+    "HUBHOOK_RELAY_EVENTS",
+    "HUBHOOK_EVENT_PATH",
+    "HUBHOOK_RETENTION_DAYS",
+    "HUBHOOK_STATE_FORMAT",
+    "HUBHOOK_INSECURE_SKIP_SIGNATURE",
+    "HUBHOOK_HEADER_TIMEOUT",
+    "HUBHOOK_BODY_TIMEOUT",
+    "HUBHOOK_IDLE_TIMEOUT",
+    "HUBHOOK_DRAIN_TIMEOUT",
+    "HUBHOOK_MAX_CONNECTIONS",
+    "HUBHOOK_CREATE_TABLE",
+    "HUBHOOK_EMULATOR_PORT",
+    "HUBHOOK_EMULATOR_BIND",
+    "HUBHOOK_EVENT_HANDLER",
+    "HUBHOOK_LOG_FORMAT",
+    "RUST_LOG",
+    "FUNCTIONS_CUSTOMHANDLER_PORT",
+    "AWS_ENDPOINT_URL_DYNAMODB",
+];
+
+/// Run before the command line is parsed: a variable whose value is not UTF-8 fails with one line
+/// naming it (the value is never printed: it may be a secret).
+pub fn check_environment() -> Result<(), ConfigError> {
+    VARIABLES.iter().try_for_each(|var| env_var(var).map(drop))
+}
+
 /// One variable, with a clear error for a value that is not UTF-8.
 fn env_var(var: &'static str) -> Result<Option<String>, ConfigError> {
     match std::env::var(var) {
@@ -143,17 +206,28 @@ pub struct ServeArgs {
     /// Address to bind (default 0.0.0.0 for serve, 127.0.0.1 for dev).
     #[arg(long, env = "HUBHOOK_BIND")]
     pub bind: Option<String>,
-    /// `Endpoint=...;AccessKey=...;Version=1.0;` of the Web PubSub resource.
-    #[arg(long, env = "WEBPUBSUB_CONNECTION_STRING", hide_env_values = true)]
+    /// `Endpoint=...;AccessKey=...;Version=1.0;` of the Web PubSub resource. Deliberately no
+    /// flag (a command line is readable by every user through `ps`): it comes from
+    /// `WEBPUBSUB_CONNECTION_STRING`, a file, or a secret ([`ServeArgs::read_connection_string`]),
+    /// or from code that builds these arguments.
+    #[arg(skip)]
     pub connection_string: Option<String>,
+    /// The variable `connection_string` came from, for its errors (`None`: the environment or
+    /// code, reported as `WEBPUBSUB_CONNECTION_STRING`).
+    #[arg(skip)]
+    pub connection_string_from: Option<&'static str>,
+    /// File holding the connection string (trimmed), e.g. a mounted secret.
+    #[arg(long, env = "WEBPUBSUB_CONNECTION_STRING_FILE")]
+    pub connection_string_file: Option<String>,
     /// AWS Secrets Manager secret holding the connection string, read once at cold start
-    /// (used when WEBPUBSUB_CONNECTION_STRING is not set).
+    /// (used when neither WEBPUBSUB_CONNECTION_STRING nor its _FILE is set).
     #[arg(long, env = "WEBPUBSUB_CONNECTION_STRING_SECRET_ARN")]
     pub connection_string_secret_arn: Option<String>,
     /// Hub served by this handler.
     #[arg(long, env = "WEBPUBSUB_HUB")]
     pub hub: Option<String>,
     /// Extra access keys accepted for `ce-signature` (comma-separated), e.g. the secondary key.
+    /// Prefer the variable: a flag's value is visible to every user through `ps`.
     #[arg(long, env = "WEBPUBSUB_ACCESS_KEYS", hide_env_values = true)]
     pub access_keys: Option<String>,
     /// Origins allowed by the abuse-protection handshake: `*` or comma-separated hosts.
@@ -232,6 +306,45 @@ impl ServeArgs {
             serve: ServeArgs,
         }
         <Only as clap::Parser>::parse_from(["hubhook"]).serve
+    }
+
+    /// Fills `connection_string` (unless code set it) from `WEBPUBSUB_CONNECTION_STRING` or the
+    /// file `WEBPUBSUB_CONNECTION_STRING_FILE` names (setting both is an error). Left unset, the
+    /// secret ARN (resolved at start by the runtime) or the `dev` default applies.
+    pub fn read_connection_string(&mut self) -> Result<(), ConfigError> {
+        const FILE: &str = "WEBPUBSUB_CONNECTION_STRING_FILE";
+        if self.connection_string.is_some() {
+            return Ok(());
+        }
+        let from_env = env_var("WEBPUBSUB_CONNECTION_STRING")?.filter(|v| !v.trim().is_empty());
+        let file = self
+            .connection_string_file
+            .as_deref()
+            .filter(|f| !f.is_empty());
+        match (from_env, file) {
+            (Some(_), Some(_)) => Err(err(
+                FILE,
+                "set either WEBPUBSUB_CONNECTION_STRING or WEBPUBSUB_CONNECTION_STRING_FILE, not both",
+            )),
+            (Some(v), None) => {
+                self.connection_string = Some(v);
+                Ok(())
+            }
+            (None, Some(path)) => {
+                let bytes = std::fs::read(path)
+                    .map_err(|e| err(FILE, format!("cannot read {path:?}: {}", e.kind())))?;
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| err(FILE, format!("{path:?} is not valid UTF-8")))?;
+                let text = text.trim();
+                if text.is_empty() {
+                    return Err(err(FILE, format!("{path:?} is empty")));
+                }
+                self.connection_string = Some(text.to_string());
+                self.connection_string_from = Some(FILE);
+                Ok(())
+            }
+            (None, None) => Ok(()),
+        }
     }
 }
 
@@ -316,7 +429,7 @@ impl Config {
         let hub = a.hub.clone().unwrap_or_else(|| "chat".into());
         validate_hub(&hub).map_err(|e| err("WEBPUBSUB_HUB", e))?;
         let mut signature_keys = vec![connection_string.access_key.clone()];
-        signature_keys.extend(list(a.access_keys.as_deref()).map(AccessKey::new));
+        signature_keys.extend(access_keys(a.access_keys.as_deref())?);
         Ok(Config {
             bind: match &a.bind {
                 Some(b) => parse_num("HUBHOOK_BIND", b, "an IP address")?,
@@ -362,18 +475,50 @@ impl Config {
 }
 
 fn connection_string(a: &ServeArgs, d: &Defaults) -> Result<ConnectionString, ConfigError> {
-    const VAR: &str = "WEBPUBSUB_CONNECTION_STRING";
+    let var = a
+        .connection_string_from
+        .unwrap_or("WEBPUBSUB_CONNECTION_STRING");
     let text = a
         .connection_string
         .clone()
         .or_else(|| d.connection_string.clone())
         .ok_or_else(|| {
             err(
-                VAR,
+                var,
                 "is required (Endpoint=https://<name>.webpubsub.azure.com;AccessKey=...;Version=1.0;)",
             )
         })?;
-    ConnectionString::parse(&text).map_err(|e| err(VAR, e))
+    ConnectionString::parse(&text).map_err(|e| err(var, e))
+}
+
+/// Length of a Web PubSub access key as the portal shows it: 44 base64 characters (32 bytes
+/// with one `=` of padding; the reference's sample keys are 44 characters without padding).
+pub const ACCESS_KEY_CHARS: usize = 44;
+
+/// `WEBPUBSUB_ACCESS_KEYS`: each must have the form of a service key, so that a typo such as
+/// `1` cannot become a key anyone can sign webhooks with. Errors give the key's position only.
+fn access_keys(v: Option<&str>) -> Result<Vec<AccessKey>, ConfigError> {
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    list(v)
+        .enumerate()
+        .map(|(i, key)| {
+            if key.len() == ACCESS_KEY_CHARS && engine.decode(key).is_ok() {
+                Ok(AccessKey::new(key))
+            } else {
+                Err(err(
+                    "WEBPUBSUB_ACCESS_KEYS",
+                    format!(
+                        "key {} is not an access key ({ACCESS_KEY_CHARS} base64 characters, as the portal shows it)",
+                        i + 1
+                    ),
+                ))
+            }
+        })
+        .collect()
 }
 
 fn store_options(a: &ServeArgs) -> Result<OpenOptions, ConfigError> {
@@ -691,10 +836,154 @@ mod tests {
         assert_eq!((c.port, c.bind), (7071, IpAddr::from([127, 0, 0, 1])));
     }
 
+    /// A key as the portal shows it (32 bytes, base64) and the reference's sample secondary key.
+    const SECOND: &str = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
+    const THIRD: &str = "abcdefghijklmnopqrstuvwxyz0123456789abcdefgh";
+
+    #[test]
+    fn access_keys_have_the_service_form_and_are_never_echoed() {
+        for bad in [
+            "1",
+            "secretkey123",
+            "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJ==", // 44 chars, bad padding
+            "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=x", // 45 chars
+            "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWe!A=", // not base64
+        ] {
+            let e = Config::from_args(
+                &ServeArgs {
+                    access_keys: Some(format!("{SECOND},{bad}")),
+                    ..args(CS)
+                },
+                &Defaults::serve(),
+            )
+            .unwrap_err();
+            assert_eq!(e.var, "WEBPUBSUB_ACCESS_KEYS");
+            assert!(e.reason.starts_with("key 2 "), "{e}");
+            assert!(!e.to_string().contains(bad), "{e}");
+        }
+        let c = Config::from_args(
+            &ServeArgs {
+                access_keys: Some(format!(" {SECOND} ,{LOCAL_ACCESS_KEY},")),
+                ..args(CS)
+            },
+            &Defaults::serve(),
+        )
+        .unwrap();
+        assert_eq!(c.signature_keys.len(), 3);
+        assert_eq!(c.signature_keys[1].expose(), SECOND);
+    }
+
+    #[test]
+    fn every_variable_a_flag_reads_is_checked_for_utf8() {
+        let cli = <Command as clap::Subcommand>::augment_subcommands(clap::Command::new("t"));
+        let mut seen = 0;
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                if let Some(var) = arg.get_env() {
+                    seen += 1;
+                    let var = var.to_str().unwrap();
+                    assert!(VARIABLES.contains(&var), "{var} is not in VARIABLES");
+                }
+            }
+        }
+        assert!(seen > 20);
+    }
+
+    #[test]
+    fn emulator_settings_name_their_variable() {
+        let emu = |port: &str, bind: &str| EmulatorArgs {
+            port: port.into(),
+            bind: bind.into(),
+            allow_public: false,
+            event_handler: vec![],
+        };
+        assert_eq!(
+            emu("0", "127.0.0.1").addr().unwrap(),
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        );
+        assert_eq!(
+            emu("70000", "127.0.0.1").addr().unwrap_err().var,
+            "HUBHOOK_EMULATOR_PORT"
+        );
+        assert_eq!(
+            emu("8080", "localhost").addr().unwrap_err().var,
+            "HUBHOOK_EMULATOR_BIND"
+        );
+        let dev = DevArgs {
+            emulator_port: "http".into(),
+            serve: ServeArgs::default(),
+        };
+        assert_eq!(
+            dev.emulator_port().unwrap_err().var,
+            "HUBHOOK_EMULATOR_PORT"
+        );
+    }
+
+    #[test]
+    fn connection_string_from_a_file_names_the_file_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cs");
+        std::fs::write(&path, format!("\n  {CS}\n")).unwrap();
+        let mut a = ServeArgs {
+            connection_string_file: Some(path.display().to_string()),
+            ..Default::default()
+        };
+        // The test process has no WEBPUBSUB_CONNECTION_STRING (scripts/test.sh sets none).
+        if std::env::var_os("WEBPUBSUB_CONNECTION_STRING").is_some() {
+            return;
+        }
+        a.read_connection_string().unwrap();
+        assert_eq!(a.connection_string.as_deref(), Some(CS));
+        let c = Config::from_args(&a, &Defaults::serve()).unwrap();
+        assert_eq!(
+            c.connection_string.origin(),
+            "https://contoso.webpubsub.azure.com"
+        );
+
+        std::fs::write(
+            &path,
+            "Endpoint=https://x;AccessKey=secretkey123;Port=secretkey123",
+        )
+        .unwrap();
+        let mut a = ServeArgs {
+            connection_string_file: Some(path.display().to_string()),
+            ..Default::default()
+        };
+        a.read_connection_string().unwrap();
+        let e = Config::from_args(&a, &Defaults::serve()).unwrap_err();
+        assert_eq!(e.var, "WEBPUBSUB_CONNECTION_STRING_FILE");
+        assert!(!e.to_string().contains("secretkey123"), "{e}");
+
+        for content in [&b""[..], b"  \n", b"\xff\xfe"] {
+            std::fs::write(&path, content).unwrap();
+            let mut a = ServeArgs {
+                connection_string_file: Some(path.display().to_string()),
+                ..Default::default()
+            };
+            let e = a.read_connection_string().unwrap_err();
+            assert_eq!(e.var, "WEBPUBSUB_CONNECTION_STRING_FILE");
+        }
+        let mut a = ServeArgs {
+            connection_string_file: Some(dir.path().join("missing").display().to_string()),
+            ..Default::default()
+        };
+        assert!(a
+            .read_connection_string()
+            .unwrap_err()
+            .to_string()
+            .starts_with("WEBPUBSUB_CONNECTION_STRING_FILE: cannot read"));
+        // A value set by code wins and the file is not read.
+        let mut a = ServeArgs {
+            connection_string_file: Some(dir.path().join("missing").display().to_string()),
+            ..args(CS)
+        };
+        a.read_connection_string().unwrap();
+    }
+
     #[test]
     fn options() {
         let a = ServeArgs {
-            access_keys: Some("second, third".into()),
+            access_keys: Some(format!("{SECOND}, {THIRD}")),
             allowed_origins: Some("*".into()),
             store: Some("dynamodb://hubhook-messages".into()),
             negotiate: Some("open".into()),

@@ -19,6 +19,11 @@ struct Cli {
 
 #[tokio::main]
 async fn main() {
+    // Before clap reads the flags' variables: a value that is not UTF-8 gets a line naming it.
+    if let Err(e) = hubhook::config::check_environment() {
+        eprintln!("hubhook: {e}");
+        std::process::exit(1);
+    }
     let cli = Cli::parse();
     let code = match hubhook::runtime::run(cli.command, cli.log_format.as_deref()).await {
         Ok(()) => 0,

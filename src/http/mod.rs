@@ -18,7 +18,9 @@ use serde::Deserialize;
 use tracing::Instrument;
 
 use crate::chat::{room_roles, validate_room, Chat, RoomError};
-use crate::protocol::{AllowedOrigins, ProtocolError, WebhookParser};
+use crate::protocol::{
+    validate_user_id, AllowedOrigins, ProtocolError, WebhookParser, MAX_USER_ID_BYTES,
+};
 use crate::service::{client_access, ClientTokenOptions, ConnectionString};
 use crate::store::{StoreError, MAX_PAGE};
 pub use health::HealthCheck;
@@ -59,7 +61,9 @@ pub enum AppError {
     Room(#[from] RoomError),
     #[error("limit must be 1-{MAX_PAGE}")]
     Limit,
-    #[error("userId must be 1-128 printable characters")]
+    #[error(
+        "userId must be 1-{MAX_USER_ID_BYTES} printable ASCII characters (the rule of ce-userId)"
+    )]
     UserId,
     #[error("negotiate is off (HUBHOOK_NEGOTIATE=open enables it; put your own auth in front)")]
     NegotiateOff,
@@ -198,7 +202,7 @@ async fn negotiate(
         .unwrap_or_else(|| app.chat.config().default_room.clone());
     validate_room(&room)?;
     let user_id = match q.user_id.filter(|u| !u.is_empty()) {
-        Some(u) if u.len() <= 128 && !u.chars().any(char::is_control) => u,
+        Some(u) if validate_user_id(&u).is_ok() => u,
         Some(_) => return Err(AppError::UserId),
         None => format!("guest-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
     };

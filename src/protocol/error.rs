@@ -28,6 +28,9 @@ pub enum ProtocolError {
     TooLarge { limit: usize },
     #[error("method {0} not allowed on the event handler")]
     MethodNotAllowed(String),
+    /// A body still encoded (compressed): stored as is, it would be garbage.
+    #[error("unsupported {header} {value:?}: send the body unencoded (chunked is fine)")]
+    UnsupportedEncoding { header: &'static str, value: String },
 }
 
 impl ProtocolError {
@@ -39,6 +42,7 @@ impl ProtocolError {
             ProtocolError::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
             ProtocolError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProtocolError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProtocolError::UnsupportedEncoding { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             _ => StatusCode::BAD_REQUEST,
         }
     }

@@ -7,6 +7,9 @@ use http::HeaderMap;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
+use super::ids::{
+    parse_event_time, validate_ce_id, validate_connection_id, validate_user_id, IdError,
+};
 use super::{ConnectionState, ProtocolError, SignatureVerifier};
 
 pub const TYPE_PREFIX_SYS: &str = "azure.webpubsub.sys.";
@@ -297,8 +300,10 @@ impl WebhookParser {
     /// never a body parse. Over 80 lines: the order of the checks is the security property, and
     /// it reads best as one sequence.
     pub fn parse(&self, headers: &HeaderMap, body: Bytes) -> Result<Webhook, ProtocolError> {
+        check_encoding(headers)?;
         let ce_type = required(headers, "ce-type")?;
         let connection_id = required(headers, "ce-connectionId")?;
+        checked("ce-connectionId", &connection_id, validate_connection_id)?;
         if let Some(verifier) = &self.verifier {
             let lines = headers.get_all("ce-signature").iter().map(|v| v.as_bytes());
             verifier.verify(lines, &connection_id)?;
@@ -311,6 +316,15 @@ impl WebhookParser {
             });
         }
         let ce_id = required(headers, "ce-id")?;
+        checked("ce-id", &ce_id, validate_ce_id)?;
+        let user_id = optional(headers, "ce-userId")?.filter(|s| !s.is_empty());
+        if let Some(u) = &user_id {
+            checked("ce-userId", u, validate_user_id)?;
+        }
+        let ce_time = optional(headers, "ce-time")?.filter(|s| !s.is_empty());
+        if let Some(t) = &ce_time {
+            checked("ce-time", t, |t| parse_event_time(t).map(drop))?;
+        }
         let event_name_header = optional(headers, "ce-eventName")?;
         let state = optional(headers, "ce-connectionState")?
             .map(|s| {
@@ -325,9 +339,18 @@ impl WebhookParser {
         let physical = optional(headers, "ce-physicalConnectionId")?;
         let mqtt = match (&subprotocol, physical) {
             (Some(p), Some(physical_connection_id)) if p.to_ascii_lowercase().contains("mqtt") => {
+                checked(
+                    "ce-physicalConnectionId",
+                    &physical_connection_id,
+                    validate_connection_id,
+                )?;
+                let session_id = optional(headers, "ce-sessionId")?;
+                if let Some(s) = &session_id {
+                    checked("ce-sessionId", s, validate_connection_id)?;
+                }
                 Some(MqttContext {
                     physical_connection_id,
-                    session_id: optional(headers, "ce-sessionId")?,
+                    session_id,
                 })
             }
             _ => None,
@@ -374,10 +397,10 @@ impl WebhookParser {
             context: EventContext {
                 hub,
                 connection_id,
-                user_id: optional(headers, "ce-userId")?.filter(|s| !s.is_empty()),
+                user_id,
                 event_name,
                 ce_id,
-                ce_time: optional(headers, "ce-time")?,
+                ce_time,
                 subprotocol,
                 state,
                 origin: optional(headers, "WebHook-Request-Origin")?,
@@ -386,6 +409,47 @@ impl WebhookParser {
             event,
         })
     }
+}
+
+/// An id or time header checked by its rule (the value is not echoed: it may be huge).
+fn checked(
+    name: &'static str,
+    value: &str,
+    rule: impl Fn(&str) -> Result<(), IdError>,
+) -> Result<(), ProtocolError> {
+    rule(value).map_err(|e| ProtocolError::InvalidHeader {
+        name,
+        reason: e.to_string(),
+    })
+}
+
+/// The body must arrive as sent: `Transfer-Encoding` no more than `chunked` (which the server
+/// has undone), no `Content-Encoding` but `identity`. A compressed body would otherwise be
+/// stored still compressed.
+fn check_encoding(headers: &HeaderMap) -> Result<(), ProtocolError> {
+    for (header, allowed) in [
+        (http::header::TRANSFER_ENCODING, "chunked"),
+        (http::header::CONTENT_ENCODING, "identity"),
+    ] {
+        for v in headers.get_all(&header) {
+            let text = String::from_utf8_lossy(v.as_bytes());
+            let ok = text
+                .split(',')
+                .map(str::trim)
+                .all(|coding| coding.is_empty() || coding.eq_ignore_ascii_case(allowed));
+            if !ok {
+                return Err(ProtocolError::UnsupportedEncoding {
+                    header: if header == http::header::TRANSFER_ENCODING {
+                        "Transfer-Encoding"
+                    } else {
+                        "Content-Encoding"
+                    },
+                    value: text.chars().take(40).collect(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The media type of a `content-type` value: lower-cased, parameters dropped.

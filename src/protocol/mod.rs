@@ -6,6 +6,7 @@ mod error;
 mod event;
 mod handshake;
 mod hub;
+mod ids;
 mod outgoing;
 mod response;
 mod signature;
@@ -15,6 +16,11 @@ pub use error::ProtocolError;
 pub use event::*;
 pub use handshake::{AllowedOrigins, OriginsError};
 pub use hub::{validate_hub, HubError};
+pub use ids::{
+    parse_event_time, validate_ce_id, validate_connection_id, validate_user_id, IdError,
+    MAX_CE_ID_BYTES, MAX_CONNECTION_ID_BYTES, MAX_EVENT_TIME_AHEAD, MAX_USER_ID_BYTES,
+    MIN_EVENT_YEAR,
+};
 pub use outgoing::{build_webhook, now_rfc3339};
 pub use response::*;
 pub use signature::{sign, SignatureVerifier};

@@ -4,16 +4,40 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use super::ids::{
+    parse_event_time, validate_ce_id, validate_connection_id, validate_user_id, IdError,
+};
 use super::{
     sign, Event, EventContext, EventData, ProtocolError, TYPE_PREFIX_SYS, TYPE_PREFIX_USER,
 };
 
-/// Headers and body of the `POST` for `event`, signed with `keys` (none: unsigned).
+/// Headers and body of the `POST` for `event`, signed with `keys` (none: unsigned). Ids and
+/// time must pass the rules [`super::WebhookParser`] applies: nothing is sent that a handler
+/// would refuse.
 pub fn build_webhook(
     ctx: &EventContext,
     event: &Event,
     keys: &[&str],
 ) -> Result<(HeaderMap, Bytes), ProtocolError> {
+    let check = |name: &'static str, r: Result<(), IdError>| {
+        r.map_err(|e| ProtocolError::InvalidHeader {
+            name,
+            reason: e.to_string(),
+        })
+    };
+    check(
+        "ce-connectionId",
+        validate_connection_id(&ctx.connection_id),
+    )?;
+    check("ce-id", validate_ce_id(&ctx.ce_id))?;
+    // An empty user id is no user id, as the parser reads it.
+    let user_id = ctx.user_id.as_deref().filter(|u| !u.is_empty());
+    if let Some(u) = user_id {
+        check("ce-userId", validate_user_id(u))?;
+    }
+    if let Some(t) = &ctx.ce_time {
+        check("ce-time", parse_event_time(t).map(drop))?;
+    }
     let mut h = HeaderMap::new();
     let mut put = |name: &'static str, value: &str| -> Result<(), ProtocolError> {
         let v = HeaderValue::from_bytes(value.as_bytes()).map_err(|_| {
@@ -72,7 +96,7 @@ pub fn build_webhook(
             &sign(keys.iter().copied(), &ctx.connection_id),
         )?;
     }
-    if let Some(u) = &ctx.user_id {
+    if let Some(u) = user_id {
         put("ce-userid", u)?;
     }
     put("ce-connectionid", &ctx.connection_id)?;

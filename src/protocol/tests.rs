@@ -465,3 +465,106 @@ fn dotnet_state_is_read_only_when_configured() {
     assert_eq!(dotnet.context.state.get_str("room"), Some("lobby"));
     assert_eq!(dotnet.context.state.get("n"), Some(&json!(1)));
 }
+
+#[test]
+fn ids_and_time_are_bounded_at_the_boundary() {
+    let p = WebhookParser::new("chat", None);
+    let connected = |extra: &[(&str, &str)]| {
+        let mut pairs = vec![
+            ("ce-type", "azure.webpubsub.sys.connected"),
+            ("ce-connectionId", CID),
+            ("ce-hub", "chat"),
+            ("ce-id", "42"),
+        ];
+        for (k, _) in extra {
+            pairs.retain(|(name, _)| !name.eq_ignore_ascii_case(k));
+        }
+        pairs.extend_from_slice(extra);
+        p.parse(&headers(&pairs), Bytes::new())
+    };
+    let long_ce_id = "i".repeat(MAX_CE_ID_BYTES + 1);
+    let long_cid = "c".repeat(MAX_CONNECTION_ID_BYTES + 1);
+    let long_user = "u".repeat(MAX_USER_ID_BYTES + 1);
+    for (name, value) in [
+        ("ce-id", long_ce_id.as_str()),
+        ("ce-connectionId", long_cid.as_str()),
+        ("ce-userId", long_user.as_str()),
+        ("ce-time", "9999-12-31T23:59:59Z"),
+        ("ce-time", "1970-01-01T00:00:00Z"),
+        ("ce-time", "01/May/2024:10:00:00 +0000"),
+    ] {
+        let e = connected(&[(name, value)]).unwrap_err();
+        assert_eq!(e.status().as_u16(), 400, "{name}");
+        let reason = e.to_string();
+        assert!(
+            reason.starts_with(&format!("invalid header {name}:")),
+            "{reason}"
+        );
+        assert!(reason.len() < 120, "the value is not echoed: {reason}");
+    }
+    // At the limits, and a missing or empty ce-time, are fine.
+    let ce_id = "i".repeat(MAX_CE_ID_BYTES);
+    let user = "u".repeat(MAX_USER_ID_BYTES);
+    let w = connected(&[("ce-id", &ce_id), ("ce-userId", &user)]).unwrap();
+    assert_eq!((w.context.ce_id.len(), w.context.ce_time), (128, None));
+    assert_eq!(connected(&[("ce-time", "")]).unwrap().context.ce_time, None);
+    let now = now_rfc3339();
+    assert_eq!(
+        connected(&[("ce-time", &now)]).unwrap().context.ce_time,
+        Some(now)
+    );
+
+    // The builder refuses what the parser would.
+    let ctx = EventContext::new("chat", "connected", CID, "1");
+    assert!(build_webhook(&ctx, &Event::Connected, &[]).is_ok());
+    for bad in [
+        EventContext::new("chat", "connected", long_cid.as_str(), "1"),
+        EventContext::new("chat", "connected", CID, long_ce_id.as_str()),
+        ctx.clone().with_user_id(Some(&long_user)),
+        ctx.clone().with_time("9999-01-01T00:00:00Z"),
+    ] {
+        assert!(matches!(
+            build_webhook(&bad, &Event::Connected, &[]),
+            Err(ProtocolError::InvalidHeader { .. })
+        ));
+    }
+    // An empty user id is sent as none.
+    let (h, _) = build_webhook(&ctx.with_user_id(Some("")), &Event::Connected, &[]).unwrap();
+    assert!(!h.contains_key("ce-userid"));
+}
+
+#[test]
+fn encoded_bodies_are_refused_with_415() {
+    let p = WebhookParser::new("chat", None);
+    let user = |extra: &[(&str, &str)]| {
+        let mut pairs = vec![
+            ("ce-type", "azure.webpubsub.user.message"),
+            ("ce-connectionId", CID),
+            ("ce-hub", "chat"),
+            ("ce-id", "42"),
+            ("content-type", "text/plain"),
+        ];
+        pairs.extend_from_slice(extra);
+        p.parse(&headers(&pairs), Bytes::from_static(b"hi"))
+    };
+    for ok in [
+        vec![],
+        vec![("transfer-encoding", "chunked")],
+        vec![
+            ("transfer-encoding", "Chunked"),
+            ("content-encoding", "identity"),
+        ],
+    ] {
+        assert!(user(&ok).is_ok(), "{ok:?}");
+    }
+    for bad in [
+        ("transfer-encoding", "gzip, chunked"),
+        ("transfer-encoding", "chunked, chunked, br"),
+        ("content-encoding", "gzip"),
+        ("content-encoding", "identity, deflate"),
+    ] {
+        let e = user(&[bad]).unwrap_err();
+        assert_eq!(e.status().as_u16(), 415, "{bad:?}");
+        assert!(matches!(e, ProtocolError::UnsupportedEncoding { .. }));
+    }
+}

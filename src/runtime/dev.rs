@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::{listen, Application, RuntimeError};
-use crate::config::{Config, ConfigError, Defaults, DevArgs};
+use crate::config::{Config, ConfigError, Defaults, DevArgs, LOCAL_ACCESS_KEY};
 use crate::emulator::{Emulator, EmulatorConfig, HandlerSettings, WebhookLog};
 use crate::service::{client_access, ClientTokenOptions};
 
@@ -15,10 +15,12 @@ use crate::service::{client_access, ClientTokenOptions};
 pub async fn run(args: &DevArgs) -> Result<(), RuntimeError> {
     // The emulator's listener first: its real port (HUBHOOK_EMULATOR_PORT=0 picks one) goes into
     // the function's connection string.
-    let emu_bind = SocketAddr::from(([127, 0, 0, 1], args.emulator_port));
+    let emu_bind = SocketAddr::from(([127, 0, 0, 1], args.emulator_port()?));
+    let mut serve = args.serve.clone();
+    serve.read_connection_string()?;
     let listener = listen("HUBHOOK_EMULATOR_PORT", emu_bind).await?;
     let emulator_port = listener.local_addr()?.port();
-    let config = Config::from_args(&args.serve, &Defaults::dev(emulator_port))?;
+    let config = Config::from_args(&serve, &Defaults::dev(emulator_port))?;
     if !config.bind.is_loopback() {
         return Err(ConfigError {
             var: "HUBHOOK_BIND",
@@ -41,6 +43,16 @@ pub async fn run(args: &DevArgs) -> Result<(), RuntimeError> {
     let emulator = Emulator::with_listener(listener, emu_config)?;
     let emu_addr = emulator.local_addr();
 
+    // Pointed at a real resource (its own connection string): that key is a secret, so neither
+    // it, the connection string nor a token-bearing URL is printed.
+    let public_key = config.connection_string.access_key.expose() == LOCAL_ACCESS_KEY;
+    let shown = |secret: String| {
+        if public_key {
+            secret
+        } else {
+            "<redacted>".into()
+        }
+    };
     let room = &config.chat.default_room;
     let access = client_access(
         &config.connection_string,
@@ -50,18 +62,22 @@ pub async fn run(args: &DevArgs) -> Result<(), RuntimeError> {
             ..Default::default()
         },
     );
-    println!("hubhook dev — FOR LOCAL USE ONLY: the access key below is public (the same as Microsoft's emulator).");
+    if public_key {
+        println!("hubhook dev — FOR LOCAL USE ONLY: the access key below is public (the same as Microsoft's emulator).");
+    } else {
+        println!("hubhook dev — FOR LOCAL USE ONLY: the connection string is not the emulator's, so its key and token URLs are shown as <redacted>.");
+    }
     println!(
         "  Web PubSub emulator : http://{emu_addr}  (hub {:?}; events → {handler})",
         config.hub
     );
     println!(
         "  connection string   : {}",
-        config.connection_string.to_secret_string()
+        shown(config.connection_string.to_secret_string())
     );
     println!(
-        "  client access URL   : {}&room={room}  (user dev-user, 1 h)",
-        access.url
+        "  client access URL   : {}  (user dev-user, 1 h)",
+        shown(format!("{}&room={room}", access.url))
     );
     println!("  negotiate           : http://{fn_addr}/negotiate?userId=alice&room={room}");
     println!("  history             : http://{fn_addr}/api/messages?room={room}");

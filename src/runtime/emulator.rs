@@ -1,17 +1,13 @@
 //! `hubhook emulator`: the local Web PubSub service alone.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::RuntimeError;
+use super::{setting_at_fault, RuntimeError};
 use crate::config::{ConfigError, EmulatorArgs};
 use crate::emulator::{Emulator, EmulatorConfig, HandlerSettings, WebhookLog};
 
 pub async fn run(args: &EmulatorArgs) -> Result<(), RuntimeError> {
-    let bind: IpAddr = args.bind.parse().map_err(|_| ConfigError {
-        var: "HUBHOOK_EMULATOR_BIND",
-        reason: format!("{:?} is not an IP address", args.bind),
-    })?;
+    let addr = args.addr()?;
     let handlers = args
         .event_handler
         .iter()
@@ -21,11 +17,28 @@ pub async fn run(args: &EmulatorArgs) -> Result<(), RuntimeError> {
             var: "HUBHOOK_EVENT_HANDLER",
             reason: e.to_string(),
         })?;
-    let mut config = EmulatorConfig::local(args.port, handlers);
-    config.bind = SocketAddr::new(bind, args.port);
+    if !addr.ip().is_loopback() && !args.allow_public {
+        return Err(ConfigError {
+            var: "HUBHOOK_EMULATOR_BIND",
+            reason: format!(
+                "{} is not loopback and the emulator's access key is public (--allow-public allows it)",
+                addr.ip()
+            ),
+        }
+        .into());
+    }
+    // Bound here, so that a refusal names the variable at fault.
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| {
+            let what = setting_at_fault(&source, "HUBHOOK_EMULATOR_BIND", "HUBHOOK_EMULATOR_PORT");
+            RuntimeError::Listen { what, addr, source }
+        })?;
+    let mut config = EmulatorConfig::local(addr.port(), handlers);
+    config.bind = addr;
     config.allow_public = args.allow_public;
     config.on_webhook = Some(Arc::new(|log: &WebhookLog| println!("  {log}")));
-    let emulator = Emulator::bind(config).await?;
+    let emulator = Emulator::with_listener(listener, config)?;
     let addr = emulator.local_addr();
     println!("hubhook emulator — FOR LOCAL USE ONLY: the access key is public.");
     println!("  listening         : http://{addr}");

@@ -64,6 +64,7 @@ pub async fn run(command: Option<Command>, log_format: Option<&str>) -> Result<(
 }
 
 async fn serve(mut args: ServeArgs, platform: Platform) -> Result<(), RuntimeError> {
+    args.read_connection_string()?;
     secret::resolve(&mut args).await?;
     let config = Config::from_args(&args, &Defaults::serve())?.for_platform(platform);
     let mode = match platform {
@@ -131,7 +132,16 @@ pub struct Application {
 impl Application {
     pub async fn build(config: &Config) -> Result<Application, RuntimeError> {
         let router = build_router(config).await?;
-        let app = Application::bind(SocketAddr::new(config.bind, config.port), router).await?;
+        let addr = SocketAddr::new(config.bind, config.port);
+        let listener = TcpListener::bind(addr).await.map_err(|source| {
+            let what = setting_at_fault(&source, "HUBHOOK_BIND", "PORT");
+            RuntimeError::Listen { what, addr, source }
+        })?;
+        let app = Application {
+            listener,
+            router,
+            limits: Limits::default(),
+        };
         Ok(app.with_limits(config.limits.clone()))
     }
 
@@ -167,6 +177,19 @@ pub async fn listen(what: &'static str, addr: SocketAddr) -> Result<TcpListener,
     TcpListener::bind(addr)
         .await
         .map_err(|source| RuntimeError::Listen { what, addr, source })
+}
+
+/// Which setting a failed bind is the fault of: an address this host does not have is the bind
+/// address's, anything else (in use, privileged) the port's.
+pub(crate) fn setting_at_fault(
+    e: &std::io::Error,
+    bind_var: &'static str,
+    port_var: &'static str,
+) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrNotAvailable => bind_var,
+        _ => port_var,
+    }
 }
 
 /// Ctrl-C or SIGTERM (what Lambda, the Functions host and container runtimes send).

@@ -44,5 +44,6 @@ pub async fn resolve(args: &mut ServeArgs) -> Result<(), ConfigError> {
         .secret_string()
         .ok_or_else(|| fail("the secret has no string value".into()))?;
     args.connection_string = Some(value.trim().to_string());
+    args.connection_string_from = Some("WEBPUBSUB_CONNECTION_STRING_SECRET_ARN");
     Ok(())
 }

@@ -8,12 +8,7 @@ use crate::config::{log_filter, ConfigError, LogFormat};
 /// log stays at warnings unless `RUST_LOG` asks for more.
 pub fn init(format: LogFormat, dev: bool) -> Result<(), ConfigError> {
     let directives = log_filter()?.unwrap_or_else(|| if dev { "warn" } else { "info" }.into());
-    let filter = EnvFilter::builder()
-        .parse(&directives)
-        .map_err(|e| ConfigError {
-            var: "RUST_LOG",
-            reason: format!("not a log filter: {e}"),
-        })?;
+    let filter = filter(&directives)?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -27,4 +22,29 @@ pub fn init(format: LogFormat, dev: bool) -> Result<(), ConfigError> {
         LogFormat::Pretty => builder.compact().try_init(),
     };
     Ok(())
+}
+
+/// Strict: a directive that does not parse is an error, not silently dropped (which would leave
+/// a filter that lets nothing through).
+fn filter(directives: &str) -> Result<EnvFilter, ConfigError> {
+    EnvFilter::builder()
+        .parse(directives)
+        .map_err(|e| ConfigError {
+            var: "RUST_LOG",
+            reason: format!("not a log filter: {e}"),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rust_log_is_parsed_strictly() {
+        for good in ["info", "warn,hubhook=debug", "hubhook::http=trace"] {
+            assert!(super::filter(good).is_ok(), "{good}");
+        }
+        for bad in ["info,hubhook=loud", "=", "hubhook[", "[{x}"] {
+            let e = super::filter(bad).unwrap_err();
+            assert!(e.to_string().starts_with("RUST_LOG: "), "{e}");
+        }
+    }
 }

@@ -50,26 +50,51 @@ impl fmt::Debug for ConnectionString {
 }
 
 impl ConnectionString {
+    /// Errors name the part that is wrong and never echo a value: a malformed connection string
+    /// often has the key where another part should be.
     pub fn new(
         endpoint: &str,
         access_key: AccessKey,
         port: Option<u16>,
     ) -> Result<Self, ServiceError> {
-        let invalid = |why: &str| {
-            ServiceError::ConnectionString(format!("invalid Endpoint {endpoint:?}: {why}"))
-        };
-        let with_scheme = if endpoint.contains("://") {
+        let invalid =
+            |why: &str| ServiceError::ConnectionString(format!("invalid Endpoint: {why}"));
+        if access_key.expose().is_empty() {
+            return Err(ServiceError::ConnectionString("AccessKey is empty".into()));
+        }
+        // A key pasted into the endpoint would otherwise become its host, printed at start.
+        if access_key.expose().len() >= 16 && endpoint.contains(access_key.expose()) {
+            return Err(invalid("it contains the AccessKey"));
+        }
+        let has_scheme = endpoint.contains("://");
+        let with_scheme = if has_scheme {
             endpoint.to_string()
         } else {
             format!("https://{endpoint}")
         };
-        let mut url =
-            Url::parse(with_scheme.trim_end_matches('/')).map_err(|e| invalid(&e.to_string()))?;
+        let mut url = Url::parse(with_scheme.trim_end_matches('/'))
+            .map_err(|_| invalid("not a URL (https://<name>.webpubsub.azure.com)"))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(invalid("scheme must be http or https"));
         }
-        if url.host_str().is_none_or(str::is_empty) {
-            return Err(invalid("no host"));
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(invalid("must not carry a user name or password"));
+        }
+        let host = match url.host() {
+            None => return Err(invalid("no host")),
+            Some(url::Host::Domain("")) => return Err(invalid("no host")),
+            Some(h) => h,
+        };
+        // Without a scheme the value is guessed to be a host name: accept only what looks like
+        // one (a dotted name, localhost or an IP), not a bare word such as a stray key.
+        if !has_scheme {
+            if let url::Host::Domain(d) = host {
+                if !d.contains('.') && !d.eq_ignore_ascii_case("localhost") {
+                    return Err(invalid(
+                        "not a host name (give https://<name>.webpubsub.azure.com)",
+                    ));
+                }
+            }
         }
         if port.is_some() {
             url.set_port(port)
@@ -78,9 +103,6 @@ impl ConnectionString {
         url.set_path("");
         url.set_query(None);
         url.set_fragment(None);
-        if access_key.expose().is_empty() {
-            return Err(ServiceError::ConnectionString("AccessKey is empty".into()));
-        }
         Ok(ConnectionString {
             endpoint: url,
             access_key,
@@ -88,14 +110,15 @@ impl ConnectionString {
     }
 
     /// Keys are case-insensitive and order-free; values split on the first `=` (keys end in `=`);
-    /// unknown keys are ignored. Errors name the missing part and never echo the key.
+    /// unknown keys are ignored. Errors name the missing or wrong part and never echo a value.
     pub fn parse(s: &str) -> Result<Self, ServiceError> {
         let (mut endpoint, mut key, mut port) = (None, None, None);
-        for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let parts = s.split(';').map(str::trim).filter(|p| !p.is_empty());
+        for (i, part) in parts.enumerate() {
             let Some((k, v)) = part.split_once('=') else {
                 return Err(ServiceError::ConnectionString(format!(
-                    "segment {:?} is not Key=Value",
-                    part.chars().take(20).collect::<String>()
+                    "part {} is not Key=Value",
+                    i + 1
                 )));
             };
             match k.trim().to_ascii_lowercase().as_str() {
@@ -103,7 +126,7 @@ impl ConnectionString {
                 "accesskey" => key = Some(v.trim().to_string()),
                 "port" => {
                     let p: u16 = v.trim().parse().ok().filter(|p| *p > 0).ok_or_else(|| {
-                        ServiceError::ConnectionString(format!("invalid Port value {:?}", v.trim()))
+                        ServiceError::ConnectionString("invalid Port: not a number 1-65535".into())
                     })?;
                     port = Some(p);
                 }
@@ -267,11 +290,9 @@ mod tests {
         assert!(err(&format!("AccessKey={KEY}")).contains("no Endpoint"));
         assert!(err("Endpoint=https://x").contains("no AccessKey"));
         assert!(
-            err(&format!("Endpoint=https://x;AccessKey={KEY};Port=http"))
-                .contains("invalid Port value")
+            err(&format!("Endpoint=https://x;AccessKey={KEY};Port=http")).contains("invalid Port")
         );
-        assert!(err(&format!("Endpoint=https://x;AccessKey={KEY};Port=0"))
-            .contains("invalid Port value"));
+        assert!(err(&format!("Endpoint=https://x;AccessKey={KEY};Port=0")).contains("invalid Port"));
         assert!(err(&format!("Endpoint=ftp://x;AccessKey={KEY}")).contains("scheme"));
         assert!(err(&format!("Endpoint=https://x;{KEY}")).contains("not Key=Value"));
         assert!(err("Endpoint=https://x;AccessKey=").contains("empty"));
@@ -279,9 +300,38 @@ mod tests {
             format!("AccessKey={KEY}"),
             format!("Endpoint=ftp://x;AccessKey={KEY}"),
             format!("Endpoint=https://x;{KEY}x="),
+            format!("Endpoint=https://x;{KEY}"),
+            format!("Endpoint=https://x;AccessKey={KEY};Port={KEY}"),
+            format!("Endpoint=http://[{KEY}]:1;AccessKey=other"),
+            format!("Endpoint=http://user:{KEY}@host.example;AccessKey=other"),
+            format!("Endpoint={KEY};AccessKey=other"),
+            format!("Endpoint={KEY};AccessKey={KEY}"),
+            format!("Endpoint=https://{KEY};AccessKey={KEY}"),
+            format!("Endpoint=https://x.example/{KEY};AccessKey={KEY}"),
+            format!("Endpoint=https://x.example:{KEY};AccessKey=other"),
         ] {
-            assert!(!err(&s).contains(KEY), "{}", err(&s));
+            let e = err(&s);
+            assert!(
+                !e.contains(KEY) && !e.to_ascii_lowercase().contains(&KEY.to_ascii_lowercase()),
+                "{e}"
+            );
+            assert!(
+                ["Endpoint", "AccessKey", "Port", "Key=Value"]
+                    .iter()
+                    .any(|part| e.contains(part)),
+                "names the part: {e}"
+            );
         }
+        assert!(err("Endpoint=http://u:p@host.example;AccessKey=k").contains("user name"));
+        assert!(err("Endpoint=http://u@host.example;AccessKey=k").contains("user name"));
+        assert!(err("Endpoint=contoso;AccessKey=k").contains("not a host name"));
+        // A single-label host is fine with an explicit scheme (e.g. a container's name).
+        assert_eq!(
+            ConnectionString::parse("Endpoint=http://emulator:8080;AccessKey=k")
+                .unwrap()
+                .origin(),
+            "http://emulator:8080"
+        );
         let c = ConnectionString::parse(&format!("Endpoint=https://x;AccessKey={KEY}")).unwrap();
         assert!(!format!("{c:?} {:?} {}", c.access_key, c.access_key).contains(KEY));
     }

@@ -43,7 +43,7 @@ use std::time::Duration;
 use aws_config::BehaviorVersion;
 use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ScalarAttributeType, TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
@@ -447,33 +447,65 @@ fn clip(mut reason: String) -> String {
     reason
 }
 
-/// Maps an SDK error to a [`StoreError`] whose reason names the operation and the cause (e.g.
-/// "Connection refused", "request has timed out"), never request contents or credentials.
+/// Maps an SDK error to a [`StoreError`] whose reason is the operation, what went wrong (an
+/// error code, or the kind of transport failure) and the request id: never the endpoint, the
+/// SDK's debug text, request contents or credentials.
 fn sdk_error<E>(op: &str, e: SdkError<E>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
+    let request_id = |reason: String, id: Option<&str>| match id {
+        Some(id) => format!("{reason} (request id {})", one_line(id, 100)),
+        None => reason,
+    };
     match &e {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            StoreError::Unavailable(clip(format!("dynamodb {op}: {}", DisplayErrorContext(&e))))
+        SdkError::TimeoutError(_) => {
+            StoreError::Unavailable(format!("dynamodb {op}: request timed out"))
+        }
+        SdkError::DispatchFailure(d) => {
+            let cause = if d.is_timeout() {
+                "timed out connecting".to_string()
+            } else if d.is_io() {
+                match io_kind(&e) {
+                    Some(kind) => format!("cannot connect: {kind}"),
+                    None => "cannot connect: I/O error".into(),
+                }
+            } else if d.is_user() {
+                "request could not be sent (configuration)".into()
+            } else {
+                "request could not be sent".into()
+            };
+            StoreError::Unavailable(format!("dynamodb {op}: {cause}"))
+        }
+        SdkError::ResponseError(r) => {
+            let id = r
+                .raw()
+                .headers()
+                .get("x-amzn-requestid")
+                .map(str::to_string);
+            StoreError::Unavailable(request_id(
+                format!(
+                    "dynamodb {op}: unreadable response (HTTP {})",
+                    r.raw().status().as_u16()
+                ),
+                id.as_deref(),
+            ))
         }
         SdkError::ServiceError(se) => {
             // Code, message and request id of the modeled error; not the raw response.
             let err = se.err();
             let status = se.raw().status();
             let mut reason = match err.code() {
-                Some(code) => format!("dynamodb {op}: {code}"),
+                Some(code) => format!("dynamodb {op}: {}", one_line(code, 100)),
                 None => format!(
                     "dynamodb {op}: HTTP {} without an error code",
                     status.as_u16()
                 ),
             };
             if let Some(m) = err.message() {
-                reason = format!("{reason}: {m}");
+                reason = format!("{reason}: {}", one_line(m, 300));
             }
-            if let Some(id) = err.meta().extra("aws_request_id") {
-                reason = format!("{reason} (request id {id})");
-            }
+            let reason = request_id(reason, err.meta().extra("aws_request_id"));
             // 5xx without a known code: e.g. a proxy in front of the endpoint.
             if err.code().is_some_and(is_transient) || status.is_server_error() {
                 StoreError::Unavailable(clip(reason))
@@ -481,8 +513,41 @@ where
                 StoreError::Failed(clip(reason))
             }
         }
-        _ => StoreError::Failed(clip(format!("dynamodb {op}: {}", DisplayErrorContext(&e)))),
+        SdkError::ConstructionFailure(_) => {
+            StoreError::Failed(format!("dynamodb {op}: request could not be built"))
+        }
+        _ => StoreError::Failed(format!("dynamodb {op}: unexpected SDK error")),
     }
+}
+
+/// The kind of the I/O error under a transport failure ("connection refused"), if there is one.
+fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// Text from a server, on one line and bounded.
+fn one_line(s: &str, max: usize) -> String {
+    let line: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let mut line = line.trim().to_string();
+    if line.len() > max {
+        let mut end = max;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+        line.push('…');
+    }
+    line
 }
 
 fn build_error(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {

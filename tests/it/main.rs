@@ -7,6 +7,7 @@
 
 mod support;
 
+mod boundary;
 mod chaos;
 mod chat;
 mod compat;
@@ -16,4 +17,5 @@ mod emulator_api;
 mod outbox;
 mod runtimes;
 mod shutdown;
+mod settings;
 mod store;

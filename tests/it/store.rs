@@ -632,6 +632,20 @@ async fn timed(what: &str, op: &str, fut: BoxFuture<'_, Result<(), StoreError>>)
         .unwrap_or_else(|_| panic!("{what} {op}: hangs"));
     let took = t.elapsed();
     let reason = assert_unavailable(&format!("{what} {op}"), r, expect);
+    // No endpoint (it may be internal) and no SDK debug text in a reason that reaches logs.
+    for leak in [
+        "127.0.0.1",
+        "http://",
+        "DispatchFailure",
+        "ConnectorError",
+        "{",
+        "source:",
+    ] {
+        assert!(
+            !reason.contains(leak),
+            "{what} {op}: {leak:?} in {reason:?}"
+        );
+    }
     assert!(
         took < DOWN_DEADLINE + Duration::from_millis(1000),
         "{what} {op}: took {took:?}"
