@@ -1,38 +1,62 @@
-//! The DynamoDB store: one table, partition key `pk` (S) and sort key `sk` (S), on-demand billing
-//! (`template.yaml` defines it for production; [`DynamoStore::ensure_table`] creates it locally).
+//! The DynamoDB store: one table, partition key `pk` (S) and sort key `sk` (S), on-demand billing,
+//! and one sparse global secondary index, `outbox` (`template.yaml` defines both for production;
+//! [`DynamoStore::ensure_table`] creates them locally).
 //!
 //! # Items
 //!
 //! | item | `pk` | `sk` | other attributes |
 //! |---|---|---|---|
-//! | message | `room#<room>` | [`NewMessage::id`] | `room`, `connectionId`, `ceId`, `userId` (absent when anonymous), `text`, `atMs` (N), `ttl` (N, only with a retention) |
-//! | delivery claim | `delivery#<connectionId>` | `ce-id` | `atMs` (N, when claimed), `ttl` (N, one day after the claim) |
+//! | message | `room#<room>` | [`NewMessage::id`] | `room`, `connectionId`, `ceId`, `userId` (absent when anonymous), `text`, `atMs` (N), `ttl` (N, only with a retention); its pending broadcast (below) until sent |
+//! | message claim | `message-delivery#<connectionId>` | `ce-id` | `messageId`, `room`, `messageAtMs` (N: the event time the id was made from), `atMs` (N, when claimed), `ttl` (N, one day after the claim) |
+//! | notice claim | `delivery#<connectionId>` | `ce-id` | `room`, `connectionId`, `ceId`, `atMs`, `ttl` (as above); its pending broadcast until sent |
+//! | health probe | `health#probe` | `probe` | `atMs`, `ttl` (N, an hour after the probe) |
+//!
+//! A pending broadcast is a set of attributes on the item whose write caused it: `obId`, `obKind`
+//! (`message`/`notice`), `obPayload` (S, the JSON sent), `obCreated`, `obDue`, `obAttempts` (N),
+//! and `ob` = `"pending"` (S). The index `outbox` (hash `ob`, range `obDue`, projection ALL) holds
+//! only items that have both `ob` and `obDue`, so it lists exactly the unsent broadcasts, oldest
+//! due first; sending one `REMOVE`s those attributes and the item leaves the index.
 //!
 //! A room is one partition, and the sort key starts with the 13-digit event time in ms, so
 //! history is one `Query` newest-first (`ScanIndexForward=false`) with `sk < cursor` for older
 //! pages — the same order and cursors as the SQLite store.
 //!
-//! # Why the put is conditional
+//! # Atomicity without transactions
 //!
-//! Web PubSub retries a webhook it got no answer for, with the same `ce-id` and `ce-time`. The
-//! sort key is derived from exactly those (time + a hash of connection id and `ce-id`), so a retry
-//! addresses the item its first delivery wrote. `PutItem` with `attribute_not_exists(pk)` makes
-//! the write happen at most once even when two deliveries race; the loser gets
-//! `ConditionalCheckFailedException`, reads the stored item (consistent read) and reports
-//! `inserted: false` with the message as first stored, so the chat layer answers
-//! "duplicate" and does not broadcast again. (SQLite also has a unique index on connection id +
-//! `ce-id`; here the dedupe relies on the event time being part of the event — a delivery
-//! without `ce-time`, stamped with the receive time, would get a new id on retry.)
+//! Every write that must be atomic is one `PutItem` or `UpdateItem` of one item (no
+//! `TransactWriteItems`: dynalite, which the tests run against, does not have it):
 //!
-//! Delivery claims ([`MessageStore::claim_delivery`]) for events that store nothing (join/leave
-//! notices) use the same conditional put on their own item. They only have to outlive the
-//! retry window of Web PubSub (minutes), so they expire after a day through the table's TTL.
+//! - **A message and its broadcast** are one item, written by one conditional `PutItem`.
+//! - **A notice and its broadcast** are the notice's claim item, one conditional `PutItem`.
+//! - **Deduplication** does not depend on `ce-time` (a retry may carry a new one, and the message
+//!   id is made from it): an append first puts the message claim, keyed by connection id +
+//!   `ce-id`, with `attribute_not_exists(pk)`. It names the message id (from *this* delivery's
+//!   time) and room. A delivery that finds the claim taken reads it (consistent read) and then
+//!   the message it names: present, it answers `inserted: false` with that message and its
+//!   broadcast if still unsent; absent — the first delivery died (or timed out) between the two
+//!   writes, or is between them right now — it writes the message itself, under the claimed id
+//!   and time, with `attribute_not_exists(pk)`. Of any number of racing deliveries exactly one
+//!   message put succeeds and reports `inserted: true`; the others read what it wrote.
+//!
+//! Message claims and notice claims live under different `pk` prefixes, so a notice and a
+//! message with the same `ce-id` stay distinct deliveries (as in SQLite). Claims only have to
+//! outlive the retry window of Web PubSub (minutes), so they expire after a day through the
+//! table's TTL; a notice still unsent by then expires with its claim.
+//!
+//! # The outbox index
+//!
+//! GSI reads are eventually consistent (on AWS; dynalite updates them with the write): a
+//! broadcast may show in [`MessageStore::due_broadcasts`] a moment after its write, or once more
+//! right after it was sent — the outbox sends at least once, and clients drop duplicates by id.
+//! All pending broadcasts share one index partition (`ob = "pending"`), which is fine for a
+//! chat's write rate (a partition takes ~1000 writes/s; each broadcast costs two index writes).
 //!
 //! # Failures
 //!
-//! Every call is bounded: connect timeout, per-attempt timeout, and an operation timeout equal to
-//! [`DynamoOptions::deadline`] that also bounds the retries (standard mode: throttling,
-//! timeouts, connection failures, 5xx). Without these the SDK waits forever on a server that
+//! Every SDK call is bounded: connect timeout, per-attempt timeout, and an operation timeout equal
+//! to [`DynamoOptions::deadline`] that also bounds the retries (standard mode: throttling,
+//! timeouts, connection failures, 5xx). Every store call (which may make several SDK calls) is
+//! bounded by the same deadline as a whole. Without these the SDK waits forever on a server that
 //! accepts a connection and never answers. Throttling, timeouts and connection failures become
 //! [`StoreError::Unavailable`] (HTTP 503: Web PubSub retries later); other errors
 //! [`StoreError::Failed`].
@@ -45,8 +69,9 @@ use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType, TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, IndexStatus,
+    KeySchemaElement, KeyType, Projection, ProjectionType, ScalarAttributeType, TableStatus,
+    TimeToLiveSpecification, TimeToLiveStatus,
 };
 use aws_sdk_dynamodb::Client;
 
@@ -58,6 +83,16 @@ type Item = HashMap<String, AttributeValue>;
 pub const TTL_ATTRIBUTE: &str = "ttl";
 /// How long a delivery claim is kept: far beyond Web PubSub's retry window.
 pub const CLAIM_TTL_SECS: i64 = 86_400;
+/// The sparse global secondary index that lists the unsent broadcasts.
+pub const OUTBOX_INDEX: &str = "outbox";
+/// Value of the index's hash key `ob` on every item with an unsent broadcast.
+const PENDING: &str = "pending";
+/// Removes every attribute of a pending broadcast (see [`outbox_attributes`]) once it is sent.
+const REMOVE_BROADCAST: &str = "REMOVE ob, obDue, obId, obKind, obPayload, obCreated, obAttempts";
+/// [`MessageStore::backlog`] reads at most this many index entries.
+pub const BACKLOG_SCAN_LIMIT: u64 = 10_000;
+/// How long the health probe's item is kept.
+const PROBE_TTL_SECS: i64 = 3_600;
 /// Longest a reason in a [`StoreError`] gets (they end up in logs and webhook answers).
 const MAX_REASON: usize = 600;
 
@@ -173,10 +208,12 @@ impl DynamoStore {
         &self.table
     }
 
-    /// Creates the table (on-demand, `pk`/`sk` strings) unless it exists, waits until it is
-    /// ACTIVE, and enables TTL on `ttl`. For local setups and tests: production tables come from
-    /// `template.yaml`, and the function's role may not create tables. Servers without
-    /// `UpdateTimeToLive` (dynalite) are tolerated: the items carry `ttl` anyway.
+    /// Creates the table (on-demand, `pk`/`sk` strings, the `outbox` index) unless it exists,
+    /// waits until table and index are ACTIVE, and enables TTL on `ttl`. For local setups and
+    /// tests: production tables come from `template.yaml`, and the function's role may not create
+    /// tables. An existing table without the `outbox` index is an error (recreate it, or add the
+    /// index as `template.yaml` does). Servers without `UpdateTimeToLive` (dynalite) are
+    /// tolerated: the items carry `ttl` anyway.
     pub async fn ensure_table(&self) -> Result<(), StoreError> {
         let exists = match self
             .client
@@ -200,22 +237,38 @@ impl DynamoStore {
                     .attribute_name(name)
                     .key_type(kt)
                     .build()
+                    .map_err(build_error)
             };
-            let attr = |name: &str| {
+            let attr = |name: &str, t: ScalarAttributeType| {
                 AttributeDefinition::builder()
                     .attribute_name(name)
-                    .attribute_type(ScalarAttributeType::S)
+                    .attribute_type(t)
                     .build()
+                    .map_err(build_error)
             };
+            let outbox = GlobalSecondaryIndex::builder()
+                .index_name(OUTBOX_INDEX)
+                .key_schema(key("ob", KeyType::Hash)?)
+                .key_schema(key("obDue", KeyType::Range)?)
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::All)
+                        .build(),
+                )
+                .build()
+                .map_err(build_error)?;
             let created = self
                 .client
                 .create_table()
                 .table_name(&self.table)
                 .billing_mode(BillingMode::PayPerRequest)
-                .attribute_definitions(attr("pk").map_err(build_error)?)
-                .attribute_definitions(attr("sk").map_err(build_error)?)
-                .key_schema(key("pk", KeyType::Hash).map_err(build_error)?)
-                .key_schema(key("sk", KeyType::Range).map_err(build_error)?)
+                .attribute_definitions(attr("pk", ScalarAttributeType::S)?)
+                .attribute_definitions(attr("sk", ScalarAttributeType::S)?)
+                .attribute_definitions(attr("ob", ScalarAttributeType::S)?)
+                .attribute_definitions(attr("obDue", ScalarAttributeType::N)?)
+                .key_schema(key("pk", KeyType::Hash)?)
+                .key_schema(key("sk", KeyType::Range)?)
+                .global_secondary_indexes(outbox)
                 .send()
                 .await;
             match created {
@@ -231,18 +284,29 @@ impl DynamoStore {
         self.ensure_ttl().await
     }
 
+    /// Waits until the table and its `outbox` index are ACTIVE (a server that reports no index
+    /// status counts as ACTIVE).
     async fn wait_active(&self, max: Duration) -> Result<(), StoreError> {
         let start = tokio::time::Instant::now();
         loop {
-            let status = self.table_status().await?;
-            if status == TableStatus::Active {
+            let (table, index) = self.table_status().await?;
+            let index = index.ok_or_else(|| {
+                StoreError::Failed(format!(
+                    "dynamodb table {} has no {OUTBOX_INDEX:?} index (hash ob S, range obDue N, \
+                     projection ALL): recreate the table or add the index as template.yaml does",
+                    self.table
+                ))
+            })?;
+            let index_active = index.as_ref().is_none_or(|s| *s == IndexStatus::Active);
+            if table == TableStatus::Active && index_active {
                 return Ok(());
             }
             if start.elapsed() > max {
                 return Err(StoreError::Unavailable(format!(
-                    "dynamodb table {} still {} after {max:?}",
+                    "dynamodb table {} still {} (index {}) after {max:?}",
                     self.table,
-                    status.as_str()
+                    table.as_str(),
+                    index.as_ref().map_or("without a status", |s| s.as_str()),
                 )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -299,7 +363,9 @@ impl DynamoStore {
         }
     }
 
-    async fn table_status(&self) -> Result<TableStatus, StoreError> {
+    /// The table's status, and its `outbox` index's: `None` without the index, `Some(None)` when
+    /// the server reports no status for it.
+    async fn table_status(&self) -> Result<(TableStatus, Option<Option<IndexStatus>>), StoreError> {
         let out = self
             .client
             .describe_table()
@@ -307,7 +373,8 @@ impl DynamoStore {
             .send()
             .await
             .map_err(|e| sdk_error("DescribeTable", e))?;
-        out.table()
+        let table = out.table();
+        let status = table
             .and_then(|t| t.table_status())
             .cloned()
             .ok_or_else(|| {
@@ -315,21 +382,305 @@ impl DynamoStore {
                     "dynamodb DescribeTable: no status for {}",
                     self.table
                 ))
+            })?;
+        let index = table
+            .map(|t| t.global_secondary_indexes())
+            .unwrap_or_default()
+            .iter()
+            .find(|i| i.index_name() == Some(OUTBOX_INDEX))
+            .map(|i| i.index_status().cloned());
+        Ok((status, index))
+    }
+
+    /// Bounds a store call (which may make several SDK calls) by [`DynamoOptions::deadline`].
+    async fn bounded<T>(
+        &self,
+        op: &str,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let deadline = self.opts.deadline.max(Duration::from_millis(100));
+        tokio::time::timeout(deadline, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "dynamodb {op}: timed out after {deadline:?} (the store's deadline)"
+                )))
             })
     }
 
-    async fn get_message(&self, room: &str, id: &str) -> Result<Option<StoredMessage>, StoreError> {
+    async fn get(&self, pk: String, sk: &str) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
-            .key("pk", s(room_pk(room)))
-            .key("sk", s(id))
+            .key("pk", s(pk))
+            .key("sk", s(sk))
             .consistent_read(true)
             .send()
             .await
             .map_err(|e| sdk_error("GetItem", e))?;
-        out.item().map(item_to_message).transpose()
+        Ok(out.item)
+    }
+
+    /// `PutItem` unless an item with that key exists: false when it did (nothing written).
+    async fn put_new(&self, item: Item) -> Result<bool, StoreError> {
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(sdk_error("PutItem", e)),
+        }
+    }
+
+    /// `UpdateItem` of an existing item; false when `condition` did not hold (nothing written).
+    async fn update_existing(
+        &self,
+        (pk, sk): (String, String),
+        update: &str,
+        condition: &str,
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<bool, StoreError> {
+        let mut u = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .update_expression(update)
+            .condition_expression(condition);
+        for (k, v) in values {
+            u = u.expression_attribute_values(k, v);
+        }
+        match u.send().await {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(sdk_error("UpdateItem", e)),
+        }
+    }
+
+    async fn append_now(&self, m: NewMessage, b: Broadcast) -> Result<Appended, StoreError> {
+        let id = m.id();
+        if self.put_new(message_claim_item(&m, &id, now_ms())).await? {
+            let b = message_broadcast(b, &m, &id);
+            return self.put_message(m, id, b).await;
+        }
+        // Claimed before: by a retried delivery (whose ce-time may differ), or by one racing us.
+        let claim = self
+            .get(message_claim_pk(&m.connection_id), &m.ce_id)
+            .await?
+            .ok_or_else(|| {
+                StoreError::Failed(format!(
+                    "dynamodb: the claim of delivery {:?} exists but could not be read back",
+                    m.ce_id
+                ))
+            })?;
+        let (claimed_id, room, at_ms) = claimed_message(&claim)?;
+        if let Some(item) = self.get(room_pk(&room), &claimed_id).await? {
+            return existing(&item, &m);
+        }
+        // The claim without its message: the first delivery stopped between its two writes (or
+        // is between them now). Complete it as claimed; the conditional put settles a race.
+        let m = NewMessage { room, at_ms, ..m };
+        let b = message_broadcast(b, &m, &claimed_id);
+        self.put_message(m, claimed_id, b).await
+    }
+
+    /// Puts a message with its pending broadcast (one item) unless it is there already.
+    async fn put_message(
+        &self,
+        m: NewMessage,
+        id: String,
+        b: Broadcast,
+    ) -> Result<Appended, StoreError> {
+        let mut item = message_item(&m, &id, self.opts.retention_secs());
+        item.extend(outbox_attributes(&b));
+        if self.put_new(item).await? {
+            let mut message = StoredMessage::from_new(&m);
+            message.id = id;
+            return Ok(Appended {
+                message,
+                inserted: true,
+                pending: Some(b),
+            });
+        }
+        match self.get(room_pk(&m.room), &id).await? {
+            Some(item) => existing(&item, &m),
+            None => Err(StoreError::Failed(format!(
+                "message {id} exists but could not be read back"
+            ))),
+        }
+    }
+
+    async fn record_notice_now(&self, b: Broadcast) -> Result<Recorded, StoreError> {
+        if self.put_new(notice_claim_item(&b, now_ms())).await? {
+            return Ok(Recorded {
+                inserted: true,
+                pending: Some(b),
+            });
+        }
+        let claim = self
+            .get(delivery_pk(&b.connection_id), &b.ce_id)
+            .await?
+            .ok_or_else(|| {
+                StoreError::Failed(format!(
+                    "dynamodb: the claim of delivery {:?} exists but could not be read back",
+                    b.ce_id
+                ))
+            })?;
+        Ok(Recorded {
+            inserted: false,
+            pending: item_to_broadcast(&claim)?,
+        })
+    }
+
+    async fn due_now(&self, now_ms: i64, limit: usize) -> Result<Vec<Broadcast>, StoreError> {
+        let mut due = Vec::new();
+        let mut start_key: Option<Item> = None;
+        while due.len() < limit {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(OUTBOX_INDEX)
+                .key_condition_expression("ob = :p AND obDue <= :now")
+                .expression_attribute_values(":p", s(PENDING))
+                .expression_attribute_values(":now", n(now_ms))
+                .scan_index_forward(true)
+                .limit((limit - due.len()).min(i32::MAX as usize) as i32)
+                .set_exclusive_start_key(start_key.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error("Query", e))?;
+            for item in out.items() {
+                due.extend(item_to_broadcast(item)?);
+            }
+            match out.last_evaluated_key {
+                Some(k) => start_key = Some(k),
+                None => break,
+            }
+        }
+        due.truncate(limit);
+        Ok(due)
+    }
+
+    async fn backlog_now(&self) -> Result<Backlog, StoreError> {
+        let mut backlog = Backlog::default();
+        let mut start_key: Option<Item> = None;
+        loop {
+            let left = BACKLOG_SCAN_LIMIT - backlog.pending;
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(OUTBOX_INDEX)
+                .key_condition_expression("ob = :p")
+                .expression_attribute_values(":p", s(PENDING))
+                .projection_expression("obCreated")
+                .limit(left.min(1_000) as i32)
+                .set_exclusive_start_key(start_key.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error("Query", e))?;
+            for item in out.items() {
+                backlog.pending += 1;
+                if let Some(created) = number(item, "obCreated") {
+                    backlog.oldest_ms = Some(backlog.oldest_ms.map_or(created, |o| o.min(created)));
+                }
+            }
+            match out.last_evaluated_key {
+                Some(k) if backlog.pending < BACKLOG_SCAN_LIMIT => start_key = Some(k),
+                Some(_) => {
+                    tracing::debug!(
+                        "outbox backlog: counted the first {BACKLOG_SCAN_LIMIT} broadcasts only"
+                    );
+                    break;
+                }
+                None => break,
+            }
+        }
+        Ok(backlog)
+    }
+}
+
+/// Where a broadcast lives: the message item, or the notice's claim item.
+fn broadcast_key(b: &Broadcast) -> (String, String) {
+    match b.kind {
+        BroadcastKind::Message => (room_pk(&b.room), b.id.clone()),
+        BroadcastKind::Notice => (delivery_pk(&b.connection_id), b.ce_id.clone()),
+    }
+}
+
+/// The answer to a delivery whose message is stored: the message, and its broadcast if unsent.
+fn existing(item: &Item, m: &NewMessage) -> Result<Appended, StoreError> {
+    let message = item_to_message(item)?;
+    let same = message.connection_id == m.connection_id
+        && matches!(item.get("ceId"), Some(AttributeValue::S(c)) if *c == m.ce_id);
+    if !same {
+        return Err(StoreError::Failed(format!(
+            "message id {} collides with another delivery",
+            message.id
+        )));
+    }
+    Ok(Appended {
+        message,
+        inserted: false,
+        pending: item_to_broadcast(item)?,
+    })
+}
+
+/// The broadcast of message `m` stored as `id`: the given one, tied to the message (its id,
+/// room and delivery). When the id differs from the one the payload was built with (a retry
+/// completing a claim made with another `ce-time`), the payload's `"id"` and `"at"` are
+/// rewritten to the stored message's.
+fn message_broadcast(b: Broadcast, m: &NewMessage, id: &str) -> Broadcast {
+    let payload = if b.id == id {
+        b.payload
+    } else {
+        with_id_and_time(b.payload, id, &format_ms(m.at_ms))
+    };
+    Broadcast {
+        id: id.to_string(),
+        kind: BroadcastKind::Message,
+        room: m.room.clone(),
+        payload,
+        connection_id: m.connection_id.clone(),
+        ce_id: m.ce_id.clone(),
+        ..b
+    }
+}
+
+/// Sets `"id"` (and `"at"`, where the payload has one) of a JSON object payload; anything else
+/// is kept as it is.
+fn with_id_and_time(payload: String, id: &str, at: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(&payload) {
+        Ok(serde_json::Value::Object(mut o)) => {
+            o.insert("id".into(), id.into());
+            if let Some(v) = o.get_mut("at") {
+                *v = at.into();
+            }
+            serde_json::Value::Object(o).to_string()
+        }
+        _ => {
+            tracing::warn!(id, "outbox payload is not a JSON object; sent as built");
+            payload
+        }
     }
 }
 
@@ -373,13 +724,105 @@ fn message_item(m: &NewMessage, id: &str, retention_secs: Option<i64>) -> Item {
     item
 }
 
-fn claim_item(connection_id: &str, ce_id: &str, now_ms: i64) -> Item {
+fn message_claim_pk(connection_id: &str) -> String {
+    format!("message-delivery#{connection_id}")
+}
+
+/// The claim of a message delivery: names the message it stores (id, room and event time).
+fn message_claim_item(m: &NewMessage, id: &str, now_ms: i64) -> Item {
     Item::from([
-        ("pk".to_string(), s(delivery_pk(connection_id))),
-        ("sk".to_string(), s(ce_id)),
+        ("pk".to_string(), s(message_claim_pk(&m.connection_id))),
+        ("sk".to_string(), s(&m.ce_id)),
+        ("messageId".to_string(), s(id)),
+        ("room".to_string(), s(&m.room)),
+        ("messageAtMs".to_string(), n(m.at_ms)),
         ("atMs".to_string(), n(now_ms)),
         (TTL_ATTRIBUTE.to_string(), n(expiry(now_ms, CLAIM_TTL_SECS))),
     ])
+}
+
+/// The message a claim names: id, room, event time.
+fn claimed_message(claim: &Item) -> Result<(String, String, i64), StoreError> {
+    let bad = |k: &str| StoreError::Failed(format!("dynamodb: malformed message claim: {k}"));
+    let id = string(claim, "messageId").ok_or_else(|| bad("messageId"))?;
+    let room = string(claim, "room").ok_or_else(|| bad("room"))?;
+    let at_ms = number(claim, "messageAtMs").ok_or_else(|| bad("messageAtMs"))?;
+    Ok((id, room, at_ms))
+}
+
+/// The claim of a notice delivery, carrying the notice's pending broadcast.
+fn notice_claim_item(b: &Broadcast, now_ms: i64) -> Item {
+    let mut item = Item::from([
+        ("pk".to_string(), s(delivery_pk(&b.connection_id))),
+        ("sk".to_string(), s(&b.ce_id)),
+        ("room".to_string(), s(&b.room)),
+        ("connectionId".to_string(), s(&b.connection_id)),
+        ("ceId".to_string(), s(&b.ce_id)),
+        ("atMs".to_string(), n(now_ms)),
+        (TTL_ATTRIBUTE.to_string(), n(expiry(now_ms, CLAIM_TTL_SECS))),
+    ]);
+    item.extend(outbox_attributes(b));
+    item
+}
+
+/// A pending broadcast's attributes (`room`, `connectionId` and `ceId` are the item's own).
+fn outbox_attributes(b: &Broadcast) -> Item {
+    Item::from([
+        ("ob".to_string(), s(PENDING)),
+        ("obDue".to_string(), n(b.due_ms)),
+        ("obId".to_string(), s(&b.id)),
+        ("obKind".to_string(), s(kind_name(b.kind))),
+        ("obPayload".to_string(), s(&b.payload)),
+        ("obCreated".to_string(), n(b.created_ms)),
+        ("obAttempts".to_string(), n(i64::from(b.attempts))),
+    ])
+}
+
+fn kind_name(k: BroadcastKind) -> &'static str {
+    match k {
+        BroadcastKind::Message => "message",
+        BroadcastKind::Notice => "notice",
+    }
+}
+
+/// The item's pending broadcast; `None` once it was sent (no `ob`).
+fn item_to_broadcast(item: &Item) -> Result<Option<Broadcast>, StoreError> {
+    if !item.contains_key("ob") {
+        return Ok(None);
+    }
+    let bad = |k: &str| StoreError::Failed(format!("dynamodb: malformed pending broadcast: {k}"));
+    let text = |k: &str| string(item, k).ok_or_else(|| bad(k));
+    let num = |k: &str| number(item, k).ok_or_else(|| bad(k));
+    let kind = match text("obKind")?.as_str() {
+        "message" => BroadcastKind::Message,
+        "notice" => BroadcastKind::Notice,
+        _ => return Err(bad("obKind")),
+    };
+    Ok(Some(Broadcast {
+        id: text("obId")?,
+        kind,
+        room: text("room")?,
+        payload: text("obPayload")?,
+        connection_id: text("connectionId")?,
+        ce_id: text("ceId")?,
+        created_ms: num("obCreated")?,
+        due_ms: num("obDue")?,
+        attempts: u32::try_from(num("obAttempts")?).map_err(|_| bad("obAttempts"))?,
+    }))
+}
+
+fn string(item: &Item, k: &str) -> Option<String> {
+    match item.get(k) {
+        Some(AttributeValue::S(v)) => Some(v.clone()),
+        _ => None,
+    }
+}
+
+fn number(item: &Item, k: &str) -> Option<i64> {
+    match item.get(k) {
+        Some(AttributeValue::N(v)) => v.parse().ok(),
+        _ => None,
+    }
 }
 
 fn item_to_message(item: &Item) -> Result<StoredMessage, StoreError> {
@@ -556,76 +999,53 @@ fn build_error(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
 
 #[async_trait::async_trait]
 impl MessageStore for DynamoStore {
-    async fn append(&self, m: NewMessage, _b: Broadcast) -> Result<Appended, StoreError> {
-        let id = m.id();
-        let put = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(message_item(&m, &id, self.opts.retention_secs())))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        match put {
-            Ok(_) => Ok(Appended {
-                message: StoredMessage::from_new(&m),
-                inserted: true,
-                pending: None,
-            }),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                match self.get_message(&m.room, &id).await? {
-                    Some(message) if message.connection_id == m.connection_id => Ok(Appended {
-                        message,
-                        inserted: false,
-                        pending: None,
-                    }),
-                    Some(_) => Err(StoreError::Failed(format!(
-                        "message id {id} collides with another delivery"
-                    ))),
-                    None => Err(StoreError::Failed(format!(
-                        "message {id} exists but could not be read back"
-                    ))),
-                }
-            }
-            Err(e) => Err(sdk_error("PutItem", e)),
-        }
+    async fn append(&self, m: NewMessage, b: Broadcast) -> Result<Appended, StoreError> {
+        self.bounded("append", self.append_now(m, b)).await
     }
 
-    async fn record_notice(&self, _b: Broadcast) -> Result<Recorded, StoreError> {
-        Err(StoreError::Failed(
-            "dynamodb outbox: not implemented yet".into(),
-        ))
+    async fn record_notice(&self, b: Broadcast) -> Result<Recorded, StoreError> {
+        self.bounded("record_notice", self.record_notice_now(b))
+            .await
     }
 
-    async fn broadcast_sent(&self, _b: &Broadcast) -> Result<(), StoreError> {
-        Err(StoreError::Failed(
-            "dynamodb outbox: not implemented yet".into(),
-        ))
+    /// Removes the broadcast's attributes from its item (which leaves the `outbox` index). An
+    /// item that is gone already (expired) is not recreated.
+    async fn broadcast_sent(&self, b: &Broadcast) -> Result<(), StoreError> {
+        let removed = self.update_existing(
+            broadcast_key(b),
+            REMOVE_BROADCAST,
+            "attribute_exists(pk)",
+            vec![],
+        );
+        self.bounded("broadcast_sent", removed).await.map(drop)
     }
 
-    async fn broadcast_failed(&self, _b: &Broadcast, _retry_at_ms: i64) -> Result<(), StoreError> {
-        Err(StoreError::Failed(
-            "dynamodb outbox: not implemented yet".into(),
-        ))
+    /// Counts the attempt and moves the broadcast's due time, if it is still unsent.
+    async fn broadcast_failed(&self, b: &Broadcast, retry_at_ms: i64) -> Result<(), StoreError> {
+        let pushed = self.update_existing(
+            broadcast_key(b),
+            "SET obDue = :t, obAttempts = obAttempts + :one",
+            "attribute_exists(ob)",
+            vec![(":t", n(retry_at_ms)), (":one", n(1))],
+        );
+        self.bounded("broadcast_failed", pushed).await.map(drop)
     }
 
+    /// A `Query` on the `outbox` index (eventually consistent on AWS), oldest due first.
     async fn due_broadcasts(
         &self,
-        _now_ms: i64,
-        _limit: usize,
+        now_ms: i64,
+        limit: usize,
     ) -> Result<Vec<Broadcast>, StoreError> {
-        Err(StoreError::Failed(
-            "dynamodb outbox: not implemented yet".into(),
-        ))
+        self.bounded("due_broadcasts", self.due_now(now_ms, limit))
+            .await
     }
 
+    /// Counts the `outbox` index's entries (projected to `obCreated`), with the oldest creation
+    /// time among them. Exact up to [`BACKLOG_SCAN_LIMIT`] pending broadcasts; beyond that, the
+    /// count stops there and the oldest is that of the first ones by due time.
     async fn backlog(&self) -> Result<Backlog, StoreError> {
-        Err(StoreError::Failed(
-            "dynamodb outbox: not implemented yet".into(),
-        ))
+        self.bounded("backlog", self.backlog_now()).await
     }
 
     /// Consistent reads, so a message is in the history as soon as its append returned.
@@ -668,17 +1088,21 @@ impl MessageStore for DynamoStore {
         Ok(page.page(messages))
     }
 
-    /// The table answers DescribeTable and can serve requests (ACTIVE, or UPDATING, during
-    /// which it still does).
+    /// A real write: `PutItem` of the probe item (expiring after an hour), so a table that
+    /// cannot take writes (missing, throttled, no permission) shows here.
     async fn health(&self) -> Result<(), StoreError> {
-        match self.table_status().await? {
-            TableStatus::Active | TableStatus::Updating => Ok(()),
-            other => Err(StoreError::Unavailable(format!(
-                "dynamodb table {} is {}",
-                self.table,
-                other.as_str()
-            ))),
-        }
+        let now = now_ms();
+        let probe = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s("health#probe"))
+            .item("sk", s("probe"))
+            .item("atMs", n(now))
+            .item(TTL_ATTRIBUTE, n(expiry(now, PROBE_TTL_SECS)))
+            .send();
+        let probe = async { probe.await.map(drop).map_err(|e| sdk_error("PutItem", e)) };
+        self.bounded("health", probe).await
     }
 
     fn describe(&self) -> String {
@@ -752,10 +1176,109 @@ mod tests {
         assert_eq!(DynamoOptions::default().retention_secs(), None);
         assert_eq!(expiry(-1, 10), 9); // floor, not truncation toward zero
 
-        let claim = claim_item("conn-1", "ce-7", 1_700_000_000_999);
-        assert_eq!(claim["pk"], s("delivery#conn-1"));
+        let m = msg(None);
+        let claim = message_claim_item(&m, &m.id(), 1_700_000_000_999);
+        assert_eq!(claim["pk"], s("message-delivery#conn-1"));
         assert_eq!(claim["sk"], s("ce-7"));
         assert_eq!(claim[TTL_ATTRIBUTE], n(1_700_000_000 + 86_400));
+        assert_eq!(
+            claimed_message(&claim).unwrap(),
+            (m.id(), "lobby".to_string(), m.at_ms)
+        );
+        let notice = notice_claim_item(&broadcast(BroadcastKind::Notice), 1_700_000_000_999);
+        assert_eq!(notice["pk"], s("delivery#conn-1"));
+        assert_eq!(notice["sk"], s("ce-7"));
+        assert_eq!(notice[TTL_ATTRIBUTE], n(1_700_000_000 + 86_400));
+    }
+
+    fn broadcast(kind: BroadcastKind) -> Broadcast {
+        let m = msg(Some("alice"));
+        Broadcast {
+            id: m.id(),
+            kind,
+            room: m.room.clone(),
+            payload: format!(
+                r#"{{"type":"message","id":"{}","at":"then","text":"x"}}"#,
+                m.id()
+            ),
+            connection_id: m.connection_id.clone(),
+            ce_id: m.ce_id.clone(),
+            created_ms: 1_700_000_000_500,
+            due_ms: 1_700_000_015_500,
+            attempts: 3,
+        }
+    }
+
+    #[test]
+    fn pending_broadcasts_round_trip_on_their_items() {
+        let m = msg(Some("alice"));
+        for kind in [BroadcastKind::Message, BroadcastKind::Notice] {
+            let b = broadcast(kind);
+            let mut item = match kind {
+                BroadcastKind::Message => message_item(&m, &m.id(), None),
+                BroadcastKind::Notice => notice_claim_item(&b, 1),
+            };
+            assert_eq!(
+                item_to_broadcast(&item).unwrap().is_some(),
+                kind == BroadcastKind::Notice
+            );
+            item.extend(outbox_attributes(&b));
+            assert_eq!(item["ob"], s("pending"));
+            assert_eq!(item_to_broadcast(&item).unwrap(), Some(b.clone()));
+            assert_eq!(
+                broadcast_key(&b),
+                (
+                    item["pk"].as_s().unwrap().clone(),
+                    item["sk"].as_s().unwrap().clone()
+                )
+            );
+            // What REMOVE takes away is exactly what marks it pending.
+            let removed: Vec<&str> = REMOVE_BROADCAST
+                .trim_start_matches("REMOVE ")
+                .split(", ")
+                .collect();
+            let mut attrs: Vec<String> = outbox_attributes(&b).into_keys().collect();
+            attrs.sort();
+            let mut removed_sorted = removed.clone();
+            removed_sorted.sort();
+            assert_eq!(attrs, removed_sorted);
+            for k in removed {
+                item.remove(k);
+            }
+            assert_eq!(item_to_broadcast(&item).unwrap(), None);
+            item.extend(outbox_attributes(&b));
+            item.insert("obKind".into(), s("other"));
+            assert!(item_to_broadcast(&item).is_err());
+        }
+    }
+
+    #[test]
+    fn a_completed_claim_rewrites_the_payload_to_the_claimed_id() {
+        let m = msg(Some("alice"));
+        let b = broadcast(BroadcastKind::Message);
+        // The id it was built with: kept as it is.
+        assert_eq!(message_broadcast(b.clone(), &m, &m.id()), b);
+        // Another id (the claim's, from the first delivery's time).
+        let first = NewMessage {
+            at_ms: m.at_ms - 60_000,
+            ..m.clone()
+        };
+        let rebuilt = message_broadcast(b.clone(), &first, &first.id());
+        assert_eq!(rebuilt.id, first.id());
+        let payload: serde_json::Value = serde_json::from_str(&rebuilt.payload).unwrap();
+        assert_eq!(payload["id"], first.id().as_str());
+        assert_eq!(payload["at"], format_ms(first.at_ms).as_str());
+        assert_eq!(payload["text"], "x");
+        assert_eq!(
+            (rebuilt.created_ms, rebuilt.due_ms, rebuilt.attempts),
+            (b.created_ms, b.due_ms, b.attempts)
+        );
+        // Keys keep their order; a payload without "at" gets none; a non-object is kept.
+        assert_eq!(
+            with_id_and_time(r#"{"type":"m","id":"old"}"#.into(), "new", "t"),
+            r#"{"type":"m","id":"new"}"#
+        );
+        assert_eq!(with_id_and_time("[1]".into(), "new", "t"), "[1]");
     }
 
     #[test]

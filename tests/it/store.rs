@@ -567,17 +567,18 @@ async fn dynamodb_backend() {
             ..Default::default()
         },
     );
-    let forever = msg("ttl", "conn-t", "ce-1", T0 + 1_999, "kept");
-    let brief = msg("ttl", "conn-t", "ce-2", T0 + 2_999, "expires");
+    // A connection of its own: deliveries are deduplicated on connection id + ce-id alone.
+    let forever = msg("ttl", "conn-ttl", "ce-1", T0 + 1_999, "kept");
+    let brief = msg("ttl", "conn-ttl", "ce-2", T0 + 2_999, "expires");
     assert!(append(&keep, forever.clone()).await.unwrap().inserted);
     assert!(append(&expiring, brief.clone()).await.unwrap().inserted);
 
     let item = raw_item(&client, "messages", "room#ttl", &forever.id()).await;
     assert_eq!(item.get("ttl"), None);
     assert_eq!(item["room"].as_s().unwrap(), "ttl");
-    assert_eq!(item["connectionId"].as_s().unwrap(), "conn-t");
+    assert_eq!(item["connectionId"].as_s().unwrap(), "conn-ttl");
     assert_eq!(item["ceId"].as_s().unwrap(), "ce-1");
-    assert_eq!(item["userId"].as_s().unwrap(), "user-conn-t");
+    assert_eq!(item["userId"].as_s().unwrap(), "user-conn-ttl");
     assert_eq!(item["text"].as_s().unwrap(), "kept");
     assert_eq!(number(&item, "atMs"), Some(T0 + 1_999));
 
@@ -596,6 +597,234 @@ async fn dynamodb_backend() {
     assert!(
         (now + 86_400 - 5..=now + 86_400 + 5).contains(&ttl),
         "claim ttl {ttl}, now {now}"
+    );
+}
+
+/// Keys of the items the `outbox` index lists, read raw (the store's own reads not involved).
+async fn outbox_index(client: &Client, table: &str) -> BTreeSet<(String, String)> {
+    let mut keys = BTreeSet::new();
+    let mut start = None;
+    loop {
+        let out = client
+            .query()
+            .table_name(table)
+            .index_name("outbox")
+            .key_condition_expression("ob = :p")
+            .expression_attribute_values(":p", AttributeValue::S("pending".into()))
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .expect("Query outbox");
+        for item in out.items() {
+            assert!(item.contains_key("obPayload") && item.contains_key("obDue"));
+            keys.insert((
+                item["pk"].as_s().unwrap().clone(),
+                item["sk"].as_s().unwrap().clone(),
+            ));
+        }
+        start = out.last_evaluated_key().cloned();
+        if start.is_none() {
+            return keys;
+        }
+    }
+}
+
+async fn maybe_item(
+    client: &Client,
+    table: &str,
+    pk: &str,
+    sk: &str,
+) -> Option<HashMap<String, AttributeValue>> {
+    client
+        .get_item()
+        .table_name(table)
+        .key("pk", AttributeValue::S(pk.into()))
+        .key("sk", AttributeValue::S(sk.into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("GetItem")
+        .item()
+        .cloned()
+}
+
+/// A message claim written by hand, as a delivery leaves it when it stops between its claim and
+/// its message (crash, timeout).
+async fn orphan_claim(client: &Client, table: &str, m: &NewMessage) {
+    let item = HashMap::from([
+        (
+            "pk",
+            AttributeValue::S(format!("message-delivery#{}", m.connection_id)),
+        ),
+        ("sk", AttributeValue::S(m.ce_id.clone())),
+        ("messageId", AttributeValue::S(m.id())),
+        ("room", AttributeValue::S(m.room.clone())),
+        ("messageAtMs", AttributeValue::N(m.at_ms.to_string())),
+        ("atMs", AttributeValue::N(T0.to_string())),
+        ("ttl", AttributeValue::N((T0 / 1000 + 86_400).to_string())),
+    ]);
+    client
+        .put_item()
+        .table_name(table)
+        .set_item(Some(
+            item.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        ))
+        .send()
+        .await
+        .expect("PutItem claim");
+}
+
+/// A delivery that stopped between its claim and its message is completed by its retry (even
+/// one with a new `ce-time`), under the claimed id, with its broadcast pending; racing retries
+/// complete it once. The `outbox` index lists exactly the unsent broadcasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_claim_without_message_and_the_outbox_index() {
+    let Some(server) =
+        Dynalite::start_or_skip("store::dynamodb_claim_without_message_and_the_outbox_index").await
+    else {
+        return;
+    };
+    let table = "outbox-test";
+    let store = Arc::new(
+        connect_with(
+            local_loader(&server.endpoint),
+            table,
+            DynamoOptions {
+                create_table_if_missing: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("connect"),
+    );
+    let client = local_client(&server.endpoint);
+
+    // The first delivery claimed (time T0) and stopped; its retry carries a new ce-time.
+    let first = msg("crash", "conn-k", "ce-1", T0, "claimed, never stored");
+    orphan_claim(&client, table, &first).await;
+    let retry = NewMessage {
+        at_ms: T0 + 30_000,
+        ..first.clone()
+    };
+    let b = broadcast_for(&retry);
+    assert_ne!(b.id, first.id());
+    let a = store
+        .append(retry.clone(), b.clone())
+        .await
+        .expect("append");
+    assert!(a.inserted, "the retry stores the claimed message");
+    assert_eq!(
+        a.message,
+        StoredMessage::from_new(&first),
+        "claimed id and time"
+    );
+    let pending = a.pending.clone().expect("its broadcast is pending");
+    assert_eq!(pending.id, first.id());
+    assert_eq!(pending.kind, BroadcastKind::Message);
+    assert_eq!(
+        (pending.created_ms, pending.due_ms),
+        (b.created_ms, b.due_ms)
+    );
+    let payload: serde_json::Value = serde_json::from_str(&pending.payload).unwrap();
+    assert_eq!(
+        payload["id"],
+        first.id().as_str(),
+        "payload names the stored id"
+    );
+    assert_eq!(payload["text"], first.text.as_str());
+    assert_eq!(all(&*store, "crash").await, vec![a.message.clone()]);
+    let item = raw_item(&client, table, "room#crash", &first.id()).await;
+    assert_eq!(item["ob"].as_s().unwrap(), "pending");
+    assert_eq!(item["obPayload"].as_s().unwrap(), &pending.payload);
+    assert_eq!(number(&item, "obDue"), Some(b.due_ms));
+    // One more retry: a duplicate, handed the same unsent broadcast.
+    let again = append(&*store, retry).await.unwrap();
+    assert_eq!(
+        (again.inserted, again.message, again.pending),
+        (false, a.message.clone(), Some(pending.clone()))
+    );
+    assert!(due(&*store, b.due_ms).await.contains(&pending));
+
+    // Racing retries of an orphaned claim: exactly one stores the message.
+    let raced = msg("crash", "conn-k", "ce-2", T0 + 5, "raced");
+    orphan_claim(&client, table, &raced).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for k in 0..8 {
+        let store = store.clone();
+        let m = NewMessage {
+            at_ms: T0 + 1_000 * k,
+            ..raced.clone()
+        };
+        tasks.spawn(async move { append(&*store, m).await.expect("racing append") });
+    }
+    let results = tasks.join_all().await;
+    assert_eq!(results.iter().filter(|a| a.inserted).count(), 1);
+    assert!(results
+        .iter()
+        .all(|a| a.message == StoredMessage::from_new(&raced)));
+    assert_eq!(all(&*store, "crash").await.len(), 2);
+
+    // The index lists exactly the unsent broadcasts: messages and notices, not claims, not
+    // sent ones, not the health probe.
+    store.health().await.expect("health");
+    let mut old_notice = notice("conn-k", "ce-3");
+    old_notice.created_ms = T0 - 60_000; // the oldest, though not the first due
+    old_notice.due_ms = T0 + 99_000;
+    assert!(
+        store
+            .record_notice(old_notice.clone())
+            .await
+            .unwrap()
+            .inserted
+    );
+    let sent = msg("crash", "conn-k", "ce-4", T0 + 9, "sent at once");
+    let sent_b = append(&*store, sent.clone())
+        .await
+        .unwrap()
+        .pending
+        .unwrap();
+    store.broadcast_sent(&sent_b).await.unwrap();
+    let listed = outbox_index(&client, table).await;
+    let expected: BTreeSet<(String, String)> = [
+        ("room#crash".to_string(), first.id()),
+        ("room#crash".to_string(), raced.id()),
+        ("delivery#conn-k".to_string(), "ce-3".to_string()),
+    ]
+    .into();
+    assert_eq!(listed, expected);
+    let backlog = store.backlog().await.unwrap();
+    assert_eq!(backlog.pending, 3);
+    assert_eq!(backlog.oldest_ms, Some(T0 - 60_000));
+    // Sent: out of the index, the message itself kept without its broadcast.
+    let item = raw_item(&client, table, "room#crash", &sent.id()).await;
+    assert!(item.keys().all(|k| !k.starts_with("ob")), "{item:?}");
+    assert_eq!(item["text"].as_s().unwrap(), "sent at once");
+
+    // Marking a broadcast whose item is gone (expired) creates nothing.
+    let ghost = broadcast_for(&msg("gone", "conn-g", "ce-1", T0, "expired"));
+    store.broadcast_failed(&ghost, T0).await.unwrap();
+    store.broadcast_sent(&ghost).await.unwrap();
+    assert_eq!(
+        maybe_item(&client, table, "room#gone", &ghost.id).await,
+        None
+    );
+    // A failure on a sent broadcast does not bring it back.
+    store.broadcast_failed(&sent_b, T0).await.unwrap();
+    assert_eq!(outbox_index(&client, table).await, expected);
+
+    for b in [&pending, &old_notice] {
+        store.broadcast_sent(b).await.unwrap();
+    }
+    let rest = due(&*store, i64::MAX).await;
+    assert_eq!(
+        rest.iter().map(|b| &b.id).collect::<Vec<_>>(),
+        [&raced.id()]
+    );
+    store.broadcast_sent(&rest[0]).await.unwrap();
+    assert!(outbox_index(&client, table).await.is_empty());
+    assert_eq!(
+        store.backlog().await.unwrap(),
+        hubhook::store::Backlog::default()
     );
 }
 
