@@ -226,3 +226,48 @@ async fn chaos_on_sqlite() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_on_dynamodb() {
+    let Some(dynamo) = Dynalite::start_or_skip("chaos::chaos_on_dynamodb").await else {
+        return;
+    };
+    let store = vec![
+        ("HUBHOOK_STORE", "dynamodb://chaos".to_string()),
+        ("AWS_ENDPOINT_URL_DYNAMODB", dynamo.endpoint.clone()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", "AKIDFAKE".into()),
+        ("AWS_SECRET_ACCESS_KEY", "fakesecret".into()),
+    ];
+    let client = crate::store::local_client(&dynamo.endpoint);
+    chaos("dynamodb (dynalite)", store, async || {
+        let mut ids = Vec::new();
+        let mut start = None;
+        loop {
+            let out = client
+                .query()
+                .table_name("chaos")
+                .consistent_read(true)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(
+                    ":pk",
+                    aws_sdk_dynamodb::types::AttributeValue::S("room#lobby".into()),
+                )
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .expect("query the messages");
+            ids.extend(
+                out.items()
+                    .iter()
+                    .filter_map(|i| i.get("sk")?.as_s().ok().cloned()),
+            );
+            match out.last_evaluated_key() {
+                Some(k) => start = Some(k.clone()),
+                None => break,
+            }
+        }
+        ids
+    })
+    .await;
+}

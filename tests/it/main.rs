@@ -16,6 +16,6 @@ mod emulator;
 mod emulator_api;
 mod outbox;
 mod runtimes;
-mod shutdown;
 mod settings;
+mod shutdown;
 mod store;

@@ -458,7 +458,7 @@ async fn sqlite_writer_failure_is_an_error() {
 
 /// A client for a local server: static fake credentials, us-east-1, no timeouts of its own (the
 /// store adds them).
-fn local_client(endpoint: &str) -> Client {
+pub fn local_client(endpoint: &str) -> Client {
     let conf = aws_sdk_dynamodb::Config::builder()
         .behavior_version_latest()
         .region(Region::new("us-east-1"))
