@@ -11,8 +11,10 @@ use base64::Engine as _;
 
 use clap::{Args, Subcommand};
 
+use crate::auth::OidcConfig;
 use crate::chat::{
-    validate_room, ChatConfig, OutboxConfig, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_ROOM,
+    validate_room, ChatConfig, MessageRate, OutboxConfig, DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_PRESENCE_TTL, DEFAULT_ROOM,
 };
 use crate::protocol::{validate_hub, AllowedOrigins};
 use crate::runtime::listener::Limits;
@@ -159,6 +161,16 @@ pub const VARIABLES: &[&str] = &[
     "HUBHOOK_ALLOWED_ORIGINS",
     "HUBHOOK_STORE",
     "HUBHOOK_NEGOTIATE",
+    "HUBHOOK_AUTH",
+    "HUBHOOK_NEGOTIATE_INSECURE_OPEN",
+    "HUBHOOK_AUTH_ISSUER",
+    "HUBHOOK_AUTH_AUDIENCE",
+    "HUBHOOK_AUTH_USER_CLAIM",
+    "HUBHOOK_AUTH_ROOMS_CLAIM",
+    "HUBHOOK_AUTH_LEEWAY",
+    "HUBHOOK_CORS_ORIGINS",
+    "HUBHOOK_MESSAGE_RATE",
+    "HUBHOOK_PRESENCE_TTL",
     "HUBHOOK_ALLOW_ANONYMOUS",
     "HUBHOOK_MAX_MESSAGE_BYTES",
     "HUBHOOK_RELAY_EVENTS",
@@ -241,9 +253,43 @@ pub struct ServeArgs {
     /// `sqlite://PATH` (default `sqlite://hubhook.db`) or `dynamodb://TABLE`.
     #[arg(long, env = "HUBHOOK_STORE")]
     pub store: Option<String>,
-    /// `open` or `off`. Default: open only when the endpoint is loopback.
+    /// Older name of `HUBHOOK_AUTH`, still read: `open` or `off` (set one of the two).
     #[arg(long, env = "HUBHOOK_NEGOTIATE")]
     pub negotiate: Option<String>,
+    /// Who may call `/negotiate`, history and presence: `open` (anyone, naming any user;
+    /// loopback endpoint only), `oidc` (a bearer token from HUBHOOK_AUTH_ISSUER) or `off`.
+    /// Default: open when the endpoint is loopback, else off.
+    #[arg(long, env = "HUBHOOK_AUTH")]
+    pub auth: Option<String>,
+    /// `true` allows `open` on a non-loopback endpoint (anyone can impersonate anyone).
+    #[arg(long, env = "HUBHOOK_NEGOTIATE_INSECURE_OPEN")]
+    pub negotiate_insecure_open: Option<String>,
+    /// The OpenID Connect issuer (the tokens' `iss`), e.g.
+    /// `https://login.microsoftonline.com/<tenant>/v2.0`.
+    #[arg(long, env = "HUBHOOK_AUTH_ISSUER")]
+    pub auth_issuer: Option<String>,
+    /// The `aud` tokens must carry (usually the app's client id).
+    #[arg(long, env = "HUBHOOK_AUTH_AUDIENCE")]
+    pub auth_audience: Option<String>,
+    /// The claim holding the user id (default `sub`).
+    #[arg(long, env = "HUBHOOK_AUTH_USER_CLAIM")]
+    pub auth_user_claim: Option<String>,
+    /// A claim listing the rooms a user may enter (default: every room).
+    #[arg(long, env = "HUBHOOK_AUTH_ROOMS_CLAIM")]
+    pub auth_rooms_claim: Option<String>,
+    /// Clock skew allowed on a token's `exp`/`nbf` (default `30s`, at most `5m`; `0` for none).
+    #[arg(long, env = "HUBHOOK_AUTH_LEEWAY")]
+    pub auth_leeway: Option<String>,
+    /// Browser origins allowed to call negotiate, history and presence (comma-separated exact
+    /// origins such as `https://chat.example.com`); unset: no CORS headers.
+    #[arg(long, env = "HUBHOOK_CORS_ORIGINS")]
+    pub cors_origins: Option<String>,
+    /// Messages per user per instance, e.g. `10/s`, `600/m`, `10/s,burst=30`; unset: no limit.
+    #[arg(long, env = "HUBHOOK_MESSAGE_RATE")]
+    pub message_rate: Option<String>,
+    /// How long a connection counts as present without its `disconnected` (default `24h`).
+    #[arg(long, env = "HUBHOOK_PRESENCE_TTL")]
+    pub presence_ttl: Option<String>,
     /// Accept connections without a user id (`true`/`false`).
     #[arg(long, env = "HUBHOOK_ALLOW_ANONYMOUS")]
     pub allow_anonymous: Option<String>,
@@ -364,7 +410,10 @@ pub struct Config {
     pub allowed_origins: AllowedOrigins,
     pub store: StoreSpec,
     pub store_options: OpenOptions,
-    pub negotiate_open: bool,
+    /// Who may call `/negotiate`, history and presence.
+    pub auth: AuthMode,
+    /// Exact origins allowed by CORS on those routes; empty: no CORS headers.
+    pub cors_origins: Vec<String>,
     pub chat: ChatConfig,
     pub event_path: String,
     pub dotnet_state: bool,
@@ -459,7 +508,8 @@ impl Config {
             store: StoreSpec::parse(a.store.as_deref().unwrap_or("sqlite://hubhook.db"))
                 .map_err(|e| err("HUBHOOK_STORE", e))?,
             store_options: store_options(a)?,
-            negotiate_open: negotiate_open(a, &connection_string)?,
+            auth: auth_mode(a, &connection_string)?,
+            cors_origins: cors_origins(a.cors_origins.as_deref())?,
             chat: chat_config(a)?,
             event_path: event_path(a)?,
             dotnet_state: dotnet_state(a)?,
@@ -542,17 +592,168 @@ fn store_options(a: &ServeArgs) -> Result<OpenOptions, ConfigError> {
     })
 }
 
-/// Open negotiate trusts the caller's `userId`: safe only against a local emulator.
-fn negotiate_open(a: &ServeArgs, cs: &ConnectionString) -> Result<bool, ConfigError> {
-    match a.negotiate.as_deref().map(str::trim) {
-        None => Ok(cs.is_loopback()),
-        Some("open") => Ok(true),
-        Some("off") => Ok(false),
-        Some(other) => Err(err(
-            "HUBHOOK_NEGOTIATE",
-            format!("expected open or off, got {other:?}"),
-        )),
+/// Who may call the browser-facing routes (`HUBHOOK_AUTH`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Anyone, naming any user (what `HUBHOOK_NEGOTIATE=open` always did).
+    Open,
+    Off,
+    Oidc(OidcConfig),
+}
+
+const OIDC_VARS: [&str; 5] = [
+    "HUBHOOK_AUTH_ISSUER",
+    "HUBHOOK_AUTH_AUDIENCE",
+    "HUBHOOK_AUTH_USER_CLAIM",
+    "HUBHOOK_AUTH_ROOMS_CLAIM",
+    "HUBHOOK_AUTH_LEEWAY",
+];
+
+/// `HUBHOOK_AUTH` (or its older name `HUBHOOK_NEGOTIATE`, `open`/`off` only). `open` trusts the
+/// caller's `userId` and serves every room's history: refused on a non-loopback endpoint unless
+/// `HUBHOOK_NEGOTIATE_INSECURE_OPEN=true`.
+fn auth_mode(a: &ServeArgs, cs: &ConnectionString) -> Result<AuthMode, ConfigError> {
+    fn set(v: &Option<String>) -> Option<&str> {
+        v.as_deref().map(str::trim).filter(|v| !v.is_empty())
     }
+    let (var, mode) = match (set(&a.auth), set(&a.negotiate)) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "HUBHOOK_NEGOTIATE",
+                "replaced by HUBHOOK_AUTH: set only HUBHOOK_AUTH",
+            ))
+        }
+        (Some(m), None) => ("HUBHOOK_AUTH", Some(m.to_ascii_lowercase())),
+        (None, Some(m)) => match m.to_ascii_lowercase().as_str() {
+            m @ ("open" | "off") => ("HUBHOOK_NEGOTIATE", Some(m.to_string())),
+            _ => {
+                return Err(err(
+                    "HUBHOOK_NEGOTIATE",
+                    format!(
+                    "expected open or off, got {m:?} (HUBHOOK_AUTH replaces it: open, oidc or off)"
+                ),
+                ))
+            }
+        },
+        (None, None) => ("HUBHOOK_AUTH", None),
+    };
+    let mode = match mode.as_deref() {
+        None if cs.is_loopback() => AuthMode::Open,
+        None | Some("off") => AuthMode::Off,
+        Some("open") => AuthMode::Open,
+        Some("oidc") => AuthMode::Oidc(oidc_config(a)?),
+        Some(other) => {
+            return Err(err(
+                var,
+                format!("expected open, oidc or off, got {other:?}"),
+            ))
+        }
+    };
+    let insecure = parse_bool(
+        "HUBHOOK_NEGOTIATE_INSECURE_OPEN",
+        a.negotiate_insecure_open.as_deref(),
+        false,
+    )?;
+    if mode == AuthMode::Open && !cs.is_loopback() && !insecure {
+        return Err(err(
+            var,
+            "open (anyone names any user and reads every room) needs a loopback endpoint; use oidc, or set HUBHOOK_NEGOTIATE_INSECURE_OPEN=true",
+        ));
+    }
+    if !matches!(mode, AuthMode::Oidc(_)) {
+        let given = [
+            &a.auth_issuer,
+            &a.auth_audience,
+            &a.auth_user_claim,
+            &a.auth_rooms_claim,
+            &a.auth_leeway,
+        ];
+        if let Some((var, _)) = OIDC_VARS.iter().zip(given).find(|(_, v)| set(v).is_some()) {
+            return Err(err(var, "is set, but HUBHOOK_AUTH is not oidc"));
+        }
+    }
+    Ok(mode)
+}
+
+fn oidc_config(a: &ServeArgs) -> Result<OidcConfig, ConfigError> {
+    let required = |var: &'static str, v: &Option<String>| {
+        v.as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(String::from)
+            .ok_or_else(|| err(var, "is required with HUBHOOK_AUTH=oidc"))
+    };
+    let issuer = required("HUBHOOK_AUTH_ISSUER", &a.auth_issuer)?;
+    let url = url::Url::parse(&issuer)
+        .map_err(|_| err("HUBHOOK_AUTH_ISSUER", format!("{issuer:?} is not a URL")))?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    if !(url.scheme() == "https" || url.scheme() == "http" && loopback)
+        || url.query().is_some()
+        || url.fragment().is_some()
+    {
+        return Err(err(
+            "HUBHOOK_AUTH_ISSUER",
+            format!("{issuer:?} must be an https:// URL without query (http:// only on loopback)"),
+        ));
+    }
+    let mut c = OidcConfig::new(
+        &issuer,
+        &required("HUBHOOK_AUTH_AUDIENCE", &a.auth_audience)?,
+    );
+    if let Some(claim) = a
+        .auth_user_claim
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    {
+        c.user_claim = claim.to_string();
+    }
+    c.rooms_claim = a
+        .auth_rooms_claim
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(String::from);
+    if let Some(v) = a.auth_leeway.as_deref().map(str::trim) {
+        c.leeway = match v {
+            "0" | "0s" => Duration::ZERO,
+            v => parse_duration("HUBHOOK_AUTH_LEEWAY", v, Duration::from_secs(300))?,
+        };
+    }
+    Ok(c)
+}
+
+/// `HUBHOOK_CORS_ORIGINS`: exact origins (`scheme://host[:port]`); `*` is refused (a wildcard
+/// would let any site read history with a user's token once one leaks into a page).
+fn cors_origins(v: Option<&str>) -> Result<Vec<String>, ConfigError> {
+    const VAR: &str = "HUBHOOK_CORS_ORIGINS";
+    list(v)
+        .map(|o| {
+            if o == "*" {
+                return Err(err(
+                    VAR,
+                    "* is refused: list the exact origins (https://chat.example.com)",
+                ));
+            }
+            let exact = url::Url::parse(o).ok().and_then(|u| {
+                let origin = u.origin().ascii_serialization();
+                let ok = matches!(u.scheme(), "http" | "https")
+                    && (o == origin || o == format!("{origin}/"));
+                ok.then_some(origin)
+            });
+            exact.ok_or_else(|| {
+                err(
+                    VAR,
+                    format!("{o:?} is not an origin (scheme://host[:port], no path)"),
+                )
+            })
+        })
+        .collect()
 }
 
 fn chat_config(a: &ServeArgs) -> Result<ChatConfig, ConfigError> {
@@ -584,6 +785,21 @@ fn chat_config(a: &ServeArgs) -> Result<ChatConfig, ConfigError> {
         default_room: DEFAULT_ROOM.to_string(),
         relay_events,
         outbox: outbox_config(a)?,
+        message_rate: a
+            .message_rate
+            .as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(|v| MessageRate::parse(v).map_err(|e| err("HUBHOOK_MESSAGE_RATE", e)))
+            .transpose()?,
+        presence_ttl: match &a.presence_ttl {
+            Some(v) => parse_duration(
+                "HUBHOOK_PRESENCE_TTL",
+                v,
+                Duration::from_secs(7 * 24 * 3600),
+            )?,
+            None => DEFAULT_PRESENCE_TTL,
+        },
     })
 }
 
@@ -707,10 +923,10 @@ mod tests {
             (
                 c.port,
                 c.hub.as_str(),
-                c.negotiate_open,
+                c.auth == AuthMode::Off,
                 c.verify_signatures
             ),
-            (8080, "chat", false, true)
+            (8080, "chat", true, true)
         );
         assert_eq!(c.store, StoreSpec::Sqlite("hubhook.db".into()));
         assert_eq!(
@@ -720,7 +936,7 @@ mod tests {
         assert_eq!(c.chat.max_message_bytes, 65536);
         let d = Config::from_args(&ServeArgs::default(), &Defaults::dev(8080)).unwrap();
         assert_eq!(
-            (d.port, d.negotiate_open, d.bind),
+            (d.port, d.auth == AuthMode::Open, d.bind),
             (8081, true, IpAddr::from([127, 0, 0, 1]))
         );
         assert_eq!(d.connection_string.origin(), "http://localhost:8080");
@@ -991,6 +1207,7 @@ mod tests {
             allowed_origins: Some("*".into()),
             store: Some("dynamodb://hubhook-messages".into()),
             negotiate: Some("open".into()),
+            negotiate_insecure_open: Some("true".into()),
             relay_events: Some("typing, reaction".into()),
             retention_days: Some("30".into()),
             insecure_skip_signature: Some("true".into()),
@@ -998,7 +1215,7 @@ mod tests {
         };
         let c = Config::from_args(&a, &Defaults::serve()).unwrap();
         assert_eq!(c.signature_keys.len(), 3);
-        assert!(!c.verify_signatures && c.negotiate_open);
+        assert!(!c.verify_signatures && c.auth == AuthMode::Open);
         assert_eq!(
             c.store,
             StoreSpec::Dynamo {
@@ -1008,5 +1225,155 @@ mod tests {
         assert_eq!(c.chat.relay_events, vec!["typing", "reaction"]);
         assert_eq!(c.store_options.retention_days, Some(30));
         assert_eq!(c.allowed_origins, AllowedOrigins::Any);
+    }
+
+    #[test]
+    fn auth_modes() {
+        const LOCAL: &str = "Endpoint=http://localhost:8080;AccessKey=ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCDEFGH;Version=1.0;";
+        let c = |a: ServeArgs| Config::from_args(&a, &Defaults::serve());
+        let e = |a: ServeArgs| c(a).unwrap_err();
+        assert_eq!(c(args(LOCAL)).unwrap().auth, AuthMode::Open);
+        assert_eq!(c(args(CS)).unwrap().auth, AuthMode::Off);
+        // open on a public endpoint: refused unless explicitly insecure.
+        for a in [
+            ServeArgs {
+                auth: Some("open".into()),
+                ..args(CS)
+            },
+            ServeArgs {
+                negotiate: Some("open".into()),
+                ..args(CS)
+            },
+        ] {
+            let insecure = ServeArgs {
+                negotiate_insecure_open: Some("true".into()),
+                ..a.clone()
+            };
+            assert!(e(a).reason.contains("HUBHOOK_NEGOTIATE_INSECURE_OPEN=true"));
+            assert_eq!(c(insecure).unwrap().auth, AuthMode::Open);
+        }
+        assert_eq!(
+            e(ServeArgs {
+                auth: Some("off".into()),
+                negotiate: Some("off".into()),
+                ..args(CS)
+            })
+            .var,
+            "HUBHOOK_NEGOTIATE"
+        );
+        assert_eq!(
+            e(ServeArgs {
+                negotiate: Some("oidc".into()),
+                ..args(CS)
+            })
+            .var,
+            "HUBHOOK_NEGOTIATE"
+        );
+        assert_eq!(
+            e(ServeArgs {
+                auth: Some("maybe".into()),
+                ..args(CS)
+            })
+            .var,
+            "HUBHOOK_AUTH"
+        );
+        let oidc = ServeArgs {
+            auth: Some("oidc".into()),
+            auth_issuer: Some("https://login.example.com/t/v2.0".into()),
+            auth_audience: Some("api://chat".into()),
+            auth_rooms_claim: Some("rooms".into()),
+            auth_leeway: Some("0".into()),
+            ..args(CS)
+        };
+        let AuthMode::Oidc(o) = c(oidc.clone()).unwrap().auth else {
+            panic!("oidc")
+        };
+        assert_eq!(
+            (o.user_claim.as_str(), o.rooms_claim.as_deref(), o.leeway),
+            ("sub", Some("rooms"), Duration::ZERO)
+        );
+        assert_eq!(
+            e(ServeArgs {
+                auth_audience: None,
+                ..oidc.clone()
+            })
+            .var,
+            "HUBHOOK_AUTH_AUDIENCE"
+        );
+        for bad in [
+            "login.example.com",
+            "http://login.example.com",
+            "https://x/?a=b",
+        ] {
+            assert_eq!(
+                e(ServeArgs {
+                    auth_issuer: Some(bad.into()),
+                    ..oidc.clone()
+                })
+                .var,
+                "HUBHOOK_AUTH_ISSUER",
+                "{bad}"
+            );
+        }
+        assert!(c(ServeArgs {
+            auth_issuer: Some("http://127.0.0.1:9/".into()),
+            ..oidc.clone()
+        })
+        .is_ok());
+        assert_eq!(
+            e(ServeArgs {
+                auth_leeway: Some("1h".into()),
+                ..oidc.clone()
+            })
+            .var,
+            "HUBHOOK_AUTH_LEEWAY"
+        );
+        assert_eq!(
+            e(ServeArgs { auth: None, ..oidc }).var,
+            "HUBHOOK_AUTH_ISSUER"
+        );
+    }
+
+    #[test]
+    fn cors_rate_and_presence_settings() {
+        let c = |a: ServeArgs| Config::from_args(&a, &Defaults::serve());
+        let ok = c(ServeArgs {
+            cors_origins: Some("https://chat.example.com, http://localhost:3000/".into()),
+            message_rate: Some("10/s,burst=20".into()),
+            presence_ttl: Some("2h".into()),
+            ..args(CS)
+        })
+        .unwrap();
+        assert_eq!(
+            ok.cors_origins,
+            ["https://chat.example.com", "http://localhost:3000"]
+        );
+        assert_eq!(ok.chat.message_rate.unwrap().burst, 20);
+        assert_eq!(ok.chat.presence_ttl, Duration::from_secs(7200));
+        for bad in [
+            "*",
+            "chat.example.com",
+            "https://chat.example.com/app",
+            "ftp://x",
+        ] {
+            let e = c(ServeArgs {
+                cors_origins: Some(bad.into()),
+                ..args(CS)
+            })
+            .unwrap_err();
+            assert_eq!(e.var, "HUBHOOK_CORS_ORIGINS", "{bad}");
+        }
+        let e = c(ServeArgs {
+            message_rate: Some("fast".into()),
+            ..args(CS)
+        })
+        .unwrap_err();
+        assert_eq!(e.var, "HUBHOOK_MESSAGE_RATE");
+        let e = c(ServeArgs {
+            presence_ttl: Some("0".into()),
+            ..args(CS)
+        })
+        .unwrap_err();
+        assert_eq!(e.var, "HUBHOOK_PRESENCE_TTL");
     }
 }

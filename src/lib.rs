@@ -11,7 +11,9 @@
 //! * [`store`] — [`store::MessageStore`] and its backends: [`store::sqlite`] (embedded default, group
 //!   commit) and [`store::dynamodb`]; appends are idempotent per delivery (connection id + `ce-id`).
 //! * [`service`] — connection strings, REST and client JWTs, and the REST client used for broadcasts.
-//! * [`http`] — the one axum router (event handler, `/negotiate`, `/api/messages`, `/healthz`).
+//! * [`auth`] — verifying end-user bearer tokens (OIDC discovery, JWKS cache) for `/negotiate`,
+//!   history and presence; knows nothing of Web PubSub or stores.
+//! * [`http`] — the one axum router (event handler, `/negotiate`, `/api/messages`, presence, `/healthz`).
 //! * [`runtime`] — all process wiring: AWS Lambda, an Azure Functions custom handler or a plain
 //!   server, built once per process; `hubhook dev` (the emulator beside the chat function) and
 //!   `hubhook emulator`; [`runtime::listener`], the one hardened HTTP listener every socket goes
@@ -21,6 +23,7 @@
 //! * [`emulator`] — a local Web PubSub service (client WebSockets, webhooks, REST API) for
 //!   development and tests.
 
+pub mod auth;
 pub mod chat;
 pub mod config;
 pub mod emulator;

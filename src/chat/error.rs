@@ -1,7 +1,7 @@
 use bytes::Bytes;
 use http::{Response, StatusCode};
 
-use super::RoomError;
+use super::{MessageRate, RoomError};
 use crate::protocol::{self, MqttContext};
 use crate::service::ServiceError;
 use crate::store::StoreError;
@@ -27,6 +27,8 @@ pub enum ChatError {
     },
     #[error("relay failed: {0}")]
     RelayFailed(BroadcastError),
+    #[error("rate limit: at most {0} per user; message not stored")]
+    RateLimited(MessageRate),
 }
 
 /// A chat message that cannot be accepted as sent.
@@ -75,6 +77,7 @@ impl ChatError {
             ChatError::NoticeNotDelivered { .. } | ChatError::RelayFailed(_) => {
                 StatusCode::BAD_GATEWAY
             }
+            ChatError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 

@@ -8,6 +8,7 @@
 mod error;
 mod notice;
 mod outbox;
+mod rate;
 mod room;
 
 use std::sync::Arc;
@@ -20,16 +21,19 @@ use crate::protocol::{
     self, ConnectRequest, ConnectResponse, ConnectionState, EventContext, EventData, Webhook,
 };
 use crate::service::{SendOptions, ServiceClient};
-use crate::store::{now_ms, Broadcast, BroadcastKind, NewMessage, SharedStore};
+use crate::store::{now_ms, Broadcast, BroadcastKind, NewMessage, Online, SharedStore};
 pub use error::{BroadcastError, ChatError, MessageError};
 pub use notice::Notice;
 pub use outbox::{Outbox, OutboxConfig, SweepReport};
+pub use rate::{MessageRate, RateLimiter};
 pub use room::{room_roles, validate_room, RoomError};
 
 /// The room of a connection that names none, and of history and negotiate calls without `room`.
 pub const DEFAULT_ROOM: &str = "lobby";
 /// The largest chat message accepted unless `HUBHOOK_MAX_MESSAGE_BYTES` says otherwise.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// How long a connection counts as present without its `disconnected` (`HUBHOOK_PRESENCE_TTL`).
+pub const DEFAULT_PRESENCE_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// State keys (express format, so the state stays readable by other handlers).
 const STATE_ROOM: &str = "room";
@@ -51,6 +55,10 @@ pub struct ChatConfig {
     /// User events besides `message` that are relayed to the room without being stored.
     pub relay_events: Vec<String>,
     pub outbox: OutboxConfig,
+    /// Per-user limit on `message` events, in this instance; `None`: unlimited.
+    pub message_rate: Option<MessageRate>,
+    /// How long a presence entry lasts without its `disconnected`.
+    pub presence_ttl: std::time::Duration,
 }
 
 impl Default for ChatConfig {
@@ -61,6 +69,8 @@ impl Default for ChatConfig {
             default_room: DEFAULT_ROOM.into(),
             relay_events: Vec::new(),
             outbox: OutboxConfig::default(),
+            message_rate: None,
+            presence_ttl: DEFAULT_PRESENCE_TTL,
         }
     }
 }
@@ -74,6 +84,7 @@ struct Inner {
     store: SharedStore,
     service: ServiceClient,
     outbox: Outbox,
+    limiter: Option<RateLimiter>,
     config: ChatConfig,
 }
 
@@ -82,6 +93,7 @@ impl Chat {
         Chat {
             inner: Arc::new(Inner {
                 outbox: Outbox::new(store.clone(), service.clone()),
+                limiter: config.message_rate.map(RateLimiter::new),
                 store,
                 service,
                 config,
@@ -192,13 +204,21 @@ impl Chat {
         Ok(room)
     }
 
-    /// A join or leave notice: recorded with its pending broadcast, then sent. A 502 means the
-    /// notice is still in the outbox, so the service's retry (or the sweeper) will send it.
+    /// A join or leave notice: presence updated, the notice recorded with its pending
+    /// broadcast, then sent. A 502 means the notice is still in the outbox, so the service's
+    /// retry (or the sweeper) will send it.
+    ///
+    /// Presence is written on every delivery, retries included, and before the notice is
+    /// recorded: both writes are idempotent (an upsert keyed by room + connection id that keeps
+    /// the first `since`, and a delete), so a retry repairs a first delivery that died between
+    /// them instead of skipping it as `recorded.inserted == false` would. The one cost: a
+    /// `connected` retried after its `disconnected` re-adds the entry until its TTL.
     async fn notice(&self, ctx: &EventContext, kind: Notice) -> Result<Response<Bytes>, ChatError> {
         let room = self.home_room(ctx)?;
         let at_ms = event_time_ms(ctx);
+        let online = self.update_presence(ctx, room, kind).await?;
         let id = Broadcast::notice_id(&ctx.connection_id, &ctx.ce_id, at_ms);
-        let payload = kind.payload(&id, room, ctx, &crate::store::format_ms(at_ms));
+        let payload = kind.payload(&id, room, ctx, &crate::store::format_ms(at_ms), online);
         let recorded = self
             .inner
             .store
@@ -218,6 +238,35 @@ impl Chat {
             }
         })?;
         Ok(protocol::notification_ack())
+    }
+
+    /// Records the connection joining or leaving `room`; answers the room's online count (users).
+    async fn update_presence(
+        &self,
+        ctx: &EventContext,
+        room: &str,
+        kind: Notice,
+    ) -> Result<usize, ChatError> {
+        let store = &self.inner.store;
+        let now = now_ms();
+        match (kind, &ctx.user_id) {
+            (Notice::Joined, Some(user)) => {
+                let ttl = self.inner.config.presence_ttl.as_millis() as i64;
+                store
+                    .presence_online(&Online {
+                        room: room.to_string(),
+                        connection_id: ctx.connection_id.clone(),
+                        user_id: user.clone(),
+                        since_ms: now,
+                        expires_ms: now.saturating_add(ttl),
+                    })
+                    .await?
+            }
+            // Anonymous connections are not listed (presence lists users).
+            (Notice::Joined, None) => {}
+            (Notice::Left, _) => store.presence_offline(room, &ctx.connection_id).await?,
+        }
+        Ok(store.presence(room, now).await?.len())
     }
 
     /// A broadcast for the outbox, due for the sweeper only after the webhook had its chance.
@@ -249,6 +298,13 @@ impl Chat {
         data: &EventData,
     ) -> Result<Response<Bytes>, ChatError> {
         let (text, room) = self.parse_message(ctx, data)?;
+        if let Some(limiter) = &self.inner.limiter {
+            let sender = ctx.user_id.as_deref().unwrap_or(&ctx.connection_id);
+            if !limiter.allow(sender) {
+                tracing::info!(ce_id = %ctx.ce_id, "message refused: over the rate limit");
+                return Err(ChatError::RateLimited(limiter.rate()));
+            }
+        }
         let new = NewMessage {
             room: room.clone(),
             connection_id: ctx.connection_id.clone(),

@@ -17,12 +17,20 @@ impl Notice {
         }
     }
 
-    /// `id` lets a client drop the rare duplicate (the outbox sends at least once).
-    pub fn payload(self, id: &str, room: &str, ctx: &EventContext, at: &str) -> Value {
+    /// `id` lets a client drop the rare duplicate (the outbox sends at least once); `online` is
+    /// the room's count of present users after this event.
+    pub fn payload(
+        self,
+        id: &str,
+        room: &str,
+        ctx: &EventContext,
+        at: &str,
+        online: usize,
+    ) -> Value {
         let kind = match self {
             Notice::Joined => "joined",
             Notice::Left => "left",
         };
-        json!({ "type": kind, "id": id, "room": room, "userId": ctx.user_id, "connectionId": ctx.connection_id, "at": at })
+        json!({ "type": kind, "id": id, "room": room, "userId": ctx.user_id, "connectionId": ctx.connection_id, "at": at, "online": online })
     }
 }

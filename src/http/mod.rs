@@ -1,5 +1,8 @@
 //! The one axum [`Router`] every runtime serves: the event handler (`OPTIONS`/`POST`, with an
-//! optional `/{event}` segment for URL templates), `/negotiate`, `/api/messages`, `/healthz`.
+//! optional `/{event}` segment for URL templates), `/healthz`, and the browser-facing routes —
+//! `/negotiate`, `/api/messages` (history) and `/api/rooms/{room}/presence` — which go through
+//! one [`Authenticator`] (`HUBHOOK_AUTH`) and, when `HUBHOOK_CORS_ORIGINS` is set, a CORS layer
+//! (the event handler never gets CORS headers).
 
 mod health;
 
@@ -9,7 +12,7 @@ use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{any, get};
@@ -17,12 +20,13 @@ use axum::Router;
 use serde::Deserialize;
 use tracing::Instrument;
 
+use crate::auth::{AuthError, Authenticator, Caller};
 use crate::chat::{room_roles, validate_room, Chat, RoomError};
 use crate::protocol::{
     validate_user_id, AllowedOrigins, ProtocolError, WebhookParser, MAX_USER_ID_BYTES,
 };
 use crate::service::{client_access, ClientTokenOptions, ConnectionString};
-use crate::store::{StoreError, MAX_PAGE};
+use crate::store::{now_ms, StoreError, MAX_PAGE};
 pub use health::HealthCheck;
 
 /// Webhook bodies larger than this are refused with 413 before they are read.
@@ -34,20 +38,46 @@ pub struct AppState {
     pub chat: Chat,
     pub connection_string: ConnectionString,
     pub hub: String,
-    pub negotiate_open: bool,
+    /// Who may call negotiate, history and presence.
+    pub auth: Authenticator,
+    /// Exact origins for CORS on those routes (validated by `config`); empty: no CORS layer.
+    pub cors_origins: Vec<String>,
     pub health: HealthCheck,
 }
 
 pub fn router(state: Arc<AppState>, event_path: &str) -> Router {
+    let mut browser = Router::new()
+        .route("/negotiate", get(negotiate))
+        .route("/api/messages", get(messages))
+        .route("/api/rooms/{room}/presence", get(presence));
+    if let Some(cors) = cors_layer(&state.cors_origins) {
+        browser = browser.layer(cors);
+    }
     Router::new()
         .route(event_path, any(webhook))
         .route(&format!("{event_path}/{{event}}"), any(webhook))
-        .route("/negotiate", get(negotiate))
-        .route("/api/messages", get(messages))
+        .merge(browser)
         .route("/healthz", get(healthz))
         .fallback(|| async { AppError::NoRoute })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// CORS for browsers on the app's own site: exact origins, `GET` with `Authorization`, no
+/// credentials (the token travels in a header, never a cookie), preflight cached 10 minutes.
+fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    (!origins.is_empty()).then(|| {
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .max_age(std::time::Duration::from_secs(600))
+    })
 }
 
 /// Every refusal of this router: one status each, answered as a one-line plain-text reason.
@@ -65,8 +95,10 @@ pub enum AppError {
         "userId must be 1-{MAX_USER_ID_BYTES} printable ASCII characters (the rule of ce-userId)"
     )]
     UserId,
-    #[error("negotiate is off (HUBHOOK_NEGOTIATE=open enables it; put your own auth in front)")]
-    NegotiateOff,
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("the token does not allow room {0:?}")]
+    RoomNotAllowed(String),
     #[error("no such route")]
     NoRoute,
 }
@@ -77,7 +109,9 @@ impl AppError {
             AppError::Protocol(e) => e.status(),
             AppError::Store(e) => e.status(),
             AppError::Room(_) | AppError::Limit | AppError::UserId => StatusCode::BAD_REQUEST,
-            AppError::NegotiateOff | AppError::NoRoute => StatusCode::NOT_FOUND,
+            AppError::Auth(e) => e.status(),
+            AppError::RoomNotAllowed(_) => StatusCode::FORBIDDEN,
+            AppError::NoRoute => StatusCode::NOT_FOUND,
         }
     }
 }
@@ -88,7 +122,17 @@ impl IntoResponse for AppError {
         if status.is_server_error() {
             tracing::error!(status = status.as_u16(), error = %self, "request failed");
         }
-        crate::protocol::failure(status, &self.to_string()).map(Body::from)
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(error = %self, "request refused for now");
+        }
+        let mut r = crate::protocol::failure(status, &self.to_string()).map(Body::from);
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
+        r
     }
 }
 
@@ -188,23 +232,38 @@ struct NegotiateQuery {
     room: Option<String>,
 }
 
-/// Open negotiate trusts the caller's `userId`: fine on a laptop, never in production, where the
-/// app's own auth must sit in front (hence `off` unless the endpoint is loopback).
+/// The caller (per `HUBHOOK_AUTH`) and the room they asked for, if they may enter it.
+async fn caller_in_room(
+    app: &AppState,
+    headers: &HeaderMap,
+    room: Option<String>,
+) -> Result<(Caller, String), AppError> {
+    let caller = app.auth.authenticate(headers).await?;
+    let room = room.unwrap_or_else(|| app.chat.config().default_room.clone());
+    validate_room(&room)?;
+    if !caller.may_enter(&room) {
+        return Err(AppError::RoomNotAllowed(room));
+    }
+    Ok((caller, room))
+}
+
+/// Open negotiate trusts the caller's `userId`: fine on a laptop, never in production (hence
+/// `open` only on a loopback endpoint). Under `oidc` the user comes from the verified token and
+/// a `userId` in the query is ignored.
 async fn negotiate(
     State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
     Query(q): Query<NegotiateQuery>,
 ) -> Result<Response<Body>, AppError> {
-    if !app.negotiate_open {
-        return Err(AppError::NegotiateOff);
-    }
-    let room = q
-        .room
-        .unwrap_or_else(|| app.chat.config().default_room.clone());
-    validate_room(&room)?;
-    let user_id = match q.user_id.filter(|u| !u.is_empty()) {
-        Some(u) if validate_user_id(&u).is_ok() => u,
-        Some(_) => return Err(AppError::UserId),
-        None => format!("guest-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+    let (caller, room) = caller_in_room(&app, &headers, q.room).await?;
+    let user_id = match caller {
+        Caller::User(id) if validate_user_id(&id.user_id).is_ok() => id.user_id,
+        Caller::User(_) => return Err(AppError::UserId),
+        Caller::Anyone => match q.user_id.filter(|u| !u.is_empty()) {
+            Some(u) if validate_user_id(&u).is_ok() => u,
+            Some(_) => return Err(AppError::UserId),
+            None => format!("guest-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        },
     };
     let opts = ClientTokenOptions {
         user_id: Some(user_id),
@@ -226,12 +285,10 @@ struct HistoryQuery {
 
 async fn messages(
     State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
     Query(q): Query<HistoryQuery>,
 ) -> Result<Response<Body>, AppError> {
-    let room = q
-        .room
-        .unwrap_or_else(|| app.chat.config().default_room.clone());
-    validate_room(&room)?;
+    let (_, room) = caller_in_room(&app, &headers, q.room).await?;
     let limit = match q.limit.as_deref().map(str::parse::<usize>) {
         None => 50,
         Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
@@ -243,6 +300,18 @@ async fn messages(
         .history(&room, limit, q.before.as_deref().filter(|b| !b.is_empty()))
         .await?;
     Ok(axum::Json(page).into_response())
+}
+
+/// The users present in a room: `{"room", "online", "users": [{"userId", "connections", "since"}]}`.
+async fn presence(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(room): Path<String>,
+) -> Result<Response<Body>, AppError> {
+    let (_, room) = caller_in_room(&app, &headers, Some(room)).await?;
+    let users = app.chat.store().presence(&room, now_ms()).await?;
+    let body = serde_json::json!({ "room": room, "online": users.len(), "users": users });
+    Ok(axum::Json(body).into_response())
 }
 
 /// `ok` (200) or the reason (503); `?verbose` answers JSON with the store and outbox figures.

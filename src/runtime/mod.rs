@@ -15,8 +15,11 @@ use std::sync::Arc;
 use axum::Router;
 use tokio::net::TcpListener;
 
+use crate::auth::{Authenticator, OidcVerifier};
 use crate::chat::Chat;
-use crate::config::{Command, Config, ConfigError, Defaults, LogFormat, Platform, ServeArgs};
+use crate::config::{
+    AuthMode, Command, Config, ConfigError, Defaults, LogFormat, Platform, ServeArgs,
+};
 use crate::emulator::EmulatorError;
 use crate::http::{router, AppState, HealthCheck};
 use crate::protocol::{SignatureVerifier, WebhookParser};
@@ -43,6 +46,8 @@ pub enum RuntimeError {
     Serve(#[from] std::io::Error),
     #[error(transparent)]
     Emulator(#[from] EmulatorError),
+    #[error("HUBHOOK_AUTH: {0}")]
+    Auth(String),
     #[error("lambda runtime: {0}")]
     Lambda(lambda_http::Error),
 }
@@ -80,7 +85,7 @@ async fn serve(mut args: ServeArgs, platform: Platform) -> Result<(), RuntimeErr
     let addr = app.local_addr();
     tracing::info!(
         %addr, hub = %config.hub, store = ?config.store, endpoint = %config.connection_string.origin(),
-        negotiate = config.negotiate_open, verify_signatures = config.verify_signatures,
+        auth = ?auth_name(&config.auth), verify_signatures = config.verify_signatures,
         "hubhook {mode} listening; event handler at http://{addr}{}", config.event_path
     );
     app.run().await?;
@@ -108,6 +113,18 @@ pub fn build_router_with_store(
         &config.hub,
         RetryPolicy::default(),
     )?;
+    let auth = match &config.auth {
+        AuthMode::Open => {
+            if !config.connection_string.is_loopback() {
+                tracing::warn!("HUBHOOK_AUTH=open on a non-loopback endpoint (HUBHOOK_NEGOTIATE_INSECURE_OPEN): anyone can negotiate as any user and read every room's history");
+            }
+            Authenticator::Open
+        }
+        AuthMode::Off => Authenticator::Off,
+        AuthMode::Oidc(c) => Authenticator::Oidc(Box::new(
+            OidcVerifier::new(c.clone()).map_err(RuntimeError::Auth)?,
+        )),
+    };
     let chat = Chat::new(store, service, config.chat.clone());
     chat.spawn_sweeper();
     let state = AppState {
@@ -117,9 +134,18 @@ pub fn build_router_with_store(
         health: HealthCheck::default(),
         connection_string: config.connection_string.clone(),
         hub: config.hub.clone(),
-        negotiate_open: config.negotiate_open,
+        auth,
+        cors_origins: config.cors_origins.clone(),
     };
     Ok(router(Arc::new(state), &config.event_path))
+}
+
+fn auth_name(mode: &AuthMode) -> &'static str {
+    match mode {
+        AuthMode::Open => "open",
+        AuthMode::Off => "off",
+        AuthMode::Oidc(_) => "oidc",
+    }
 }
 
 /// A server bound to its port (0 picks a free one), ready to run: what tests and `serve` use.

@@ -10,6 +10,12 @@
 //! | message claim | `message-delivery#<connectionId>` | `ce-id` | `messageId`, `room`, `messageAtMs` (N: the event time the id was made from), `atMs` (N, when claimed), `ttl` (N, one day after the claim) |
 //! | notice claim | `delivery#<connectionId>` | `ce-id` | `room`, `connectionId`, `ceId`, `atMs`, `ttl` (as above); its pending broadcast until sent |
 //! | health probe | `health#probe` | `probe` | `atMs`, `ttl` (N, an hour after the probe) |
+//! | presence | `presence#<room>` | `<connectionId>` | `userId`, `sinceMs` (N, kept from the first write), `expiresMs` (N), `ttl` (N, `expiresMs` in seconds) |
+//!
+//! A presence entry is one `UpdateItem` (`SET … sinceMs = if_not_exists(sinceMs, :since)`), so a
+//! retried `connected` rewrites the same item; `disconnected` deletes it. A lost `disconnected`
+//! leaves an entry that reads ignore once `expiresMs` passed and that the table's TTL deletes
+//! (within a day or two on AWS). A room's presence is one consistent `Query` of its partition.
 //!
 //! A pending broadcast is a set of attributes on the item whose write caused it: `obId`, `obKind`
 //! (`message`/`notice`), `obPayload` (S, the JSON sent), `obCreated`, `obDue`, `obAttempts` (N),
@@ -688,6 +694,10 @@ fn room_pk(room: &str) -> String {
     format!("room#{room}")
 }
 
+fn presence_pk(room: &str) -> String {
+    format!("presence#{room}")
+}
+
 fn delivery_pk(connection_id: &str) -> String {
     format!("delivery#{connection_id}")
 }
@@ -1086,6 +1096,88 @@ impl MessageStore for DynamoStore {
             }
         }
         Ok(page.page(messages))
+    }
+
+    async fn presence_online(&self, o: &Online) -> Result<(), StoreError> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(presence_pk(&o.room)))
+            .key("sk", s(&o.connection_id))
+            .update_expression(
+                "SET userId = :u, expiresMs = :e, #ttl = :t, sinceMs = if_not_exists(sinceMs, :s)",
+            )
+            .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
+            .expression_attribute_values(":u", s(&o.user_id))
+            .expression_attribute_values(":e", n(o.expires_ms))
+            .expression_attribute_values(":t", n(o.expires_ms.div_euclid(1000) + 1))
+            .expression_attribute_values(":s", n(o.since_ms))
+            .send();
+        let update = async {
+            update
+                .await
+                .map(drop)
+                .map_err(|e| sdk_error("UpdateItem", e))
+        };
+        self.bounded("presence_online", update).await
+    }
+
+    async fn presence_offline(&self, room: &str, connection_id: &str) -> Result<(), StoreError> {
+        let delete = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(presence_pk(room)))
+            .key("sk", s(connection_id))
+            .send();
+        let delete = async {
+            delete
+                .await
+                .map(drop)
+                .map_err(|e| sdk_error("DeleteItem", e))
+        };
+        self.bounded("presence_offline", delete).await
+    }
+
+    /// One consistent `Query` of the room's presence partition (paged), expired entries
+    /// filtered out (the TTL deletes them late).
+    async fn presence(&self, room: &str, now_ms: i64) -> Result<Vec<PresentUser>, StoreError> {
+        let query = async {
+            let mut rows = Vec::new();
+            let mut start_key: Option<Item> = None;
+            loop {
+                let out = self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .consistent_read(true)
+                    .key_condition_expression("pk = :pk")
+                    .filter_expression("expiresMs > :now")
+                    .expression_attribute_values(":pk", s(presence_pk(room)))
+                    .expression_attribute_values(":now", n(now_ms))
+                    .set_exclusive_start_key(start_key.take())
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("Query", e))?;
+                for item in out.items() {
+                    match (string(item, "userId"), number(item, "sinceMs")) {
+                        (Some(u), Some(since)) => rows.push((u, since)),
+                        _ => {
+                            return Err(StoreError::Failed(
+                                "dynamodb: a presence item without userId or sinceMs".into(),
+                            ))
+                        }
+                    }
+                }
+                match out.last_evaluated_key() {
+                    Some(k) => start_key = Some(k.clone()),
+                    None => break,
+                }
+            }
+            Ok(PresentUser::group(rows))
+        };
+        self.bounded("presence", query).await
     }
 
     /// A real write: `PutItem` of the probe item (expiring after an hour), so a table that

@@ -134,6 +134,53 @@ pub struct Backlog {
     pub oldest_ms: Option<i64>,
 }
 
+/// One connection present in a room, as [`MessageStore::presence_online`] records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Online {
+    pub room: String,
+    pub connection_id: String,
+    pub user_id: String,
+    /// When the connection joined (ms since the epoch).
+    pub since_ms: i64,
+    /// After this the connection no longer counts, even without its `disconnected`.
+    pub expires_ms: i64,
+}
+
+/// A user present in a room: what `GET /api/rooms/{room}/presence` lists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PresentUser {
+    #[serde(rename = "userId")]
+    pub user_id: String,
+    /// Connections of this user in the room.
+    pub connections: u32,
+    /// The earliest `since` of those connections.
+    #[serde(skip)]
+    pub since_ms: i64,
+    pub since: String,
+}
+
+impl PresentUser {
+    /// Groups connections `(user_id, since_ms)` by user, sorted by user id: the one way every
+    /// backend builds its answer.
+    pub fn group(connections: impl IntoIterator<Item = (String, i64)>) -> Vec<PresentUser> {
+        let mut users = std::collections::BTreeMap::<String, (u32, i64)>::new();
+        for (user, since) in connections {
+            let e = users.entry(user).or_insert((0, since));
+            e.0 += 1;
+            e.1 = e.1.min(since);
+        }
+        users
+            .into_iter()
+            .map(|(user_id, (connections, since_ms))| PresentUser {
+                user_id,
+                connections,
+                since_ms,
+                since: format_ms(since_ms),
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Page {
     pub messages: Vec<StoredMessage>,
@@ -295,6 +342,21 @@ pub trait MessageStore: Send + Sync + 'static {
         limit: usize,
         before: Option<&str>,
     ) -> Result<Page, StoreError>;
+
+    /// Presence: connection `o.connection_id` of `o.user_id` is in `o.room` until
+    /// `o.expires_ms` (or [`MessageStore::presence_offline`]). One atomic upsert keyed by room +
+    /// connection id, so a retried `connected` rewrites the same entry: the expiry moves, the
+    /// first `since_ms` is kept. Backends with a TTL should let expired entries be deleted
+    /// (DynamoDB: the `ttl` attribute); reads must ignore them either way.
+    async fn presence_online(&self, o: &Online) -> Result<(), StoreError>;
+
+    /// Presence: the connection left the room. Deleting an absent entry is not an error
+    /// (idempotent under retried `disconnected` deliveries).
+    async fn presence_offline(&self, room: &str, connection_id: &str) -> Result<(), StoreError>;
+
+    /// Presence: the users with at least one unexpired connection in `room` at `now_ms`, by
+    /// user id ([`PresentUser::group`]).
+    async fn presence(&self, room: &str, now_ms: i64) -> Result<Vec<PresentUser>, StoreError>;
 
     /// Whether the store can take a write now (a small real write, not just a connection).
     async fn health(&self) -> Result<(), StoreError>;

@@ -45,6 +45,15 @@ CREATE TABLE IF NOT EXISTS outbox (
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS outbox_delivery ON outbox (connection_id, ce_id);
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (due_ms);
+CREATE TABLE IF NOT EXISTS presence (
+    room          TEXT    NOT NULL,
+    connection_id TEXT    NOT NULL,
+    user_id       TEXT    NOT NULL,
+    since_ms      INTEGER NOT NULL,
+    expires_ms    INTEGER NOT NULL,
+    PRIMARY KEY (room, connection_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS presence_expiry ON presence (expires_ms);
 CREATE TABLE IF NOT EXISTS health_probe (
     id    INTEGER PRIMARY KEY CHECK (id = 1),
     at_ms INTEGER NOT NULL
@@ -470,6 +479,62 @@ impl MessageStore for SqliteStore {
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
                 .map_err(failed)?;
             Ok(page.page(messages))
+        })
+        .await
+    }
+
+    /// An upsert that keeps the first `since_ms`; it also deletes entries expired before its
+    /// own `since_ms`, so lost `disconnected` events do not pile up.
+    async fn presence_online(&self, o: &Online) -> Result<(), StoreError> {
+        let o = o.clone();
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO presence (room, connection_id, user_id, since_ms, expires_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (room, connection_id) DO UPDATE
+                 SET user_id = excluded.user_id, expires_ms = excluded.expires_ms",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    o.room,
+                    o.connection_id,
+                    o.user_id,
+                    o.since_ms,
+                    o.expires_ms
+                ])
+            })
+            .and_then(|_| c.prepare_cached("DELETE FROM presence WHERE expires_ms < ?1"))
+            .and_then(|mut s| s.execute(params![o.since_ms]))
+            .map(drop)
+            .map_err(failed)
+        })
+        .await
+    }
+
+    async fn presence_offline(&self, room: &str, connection_id: &str) -> Result<(), StoreError> {
+        let (room, connection_id) = (room.to_string(), connection_id.to_string());
+        self.write(move |c| {
+            c.prepare_cached("DELETE FROM presence WHERE room = ?1 AND connection_id = ?2")
+                .and_then(|mut s| s.execute(params![room, connection_id]))
+                .map(drop)
+                .map_err(failed)
+        })
+        .await
+    }
+
+    async fn presence(&self, room: &str, now_ms: i64) -> Result<Vec<PresentUser>, StoreError> {
+        let room = room.to_string();
+        self.read(move |c| {
+            let rows = c
+                .prepare_cached(
+                    "SELECT user_id, since_ms FROM presence WHERE room = ?1 AND expires_ms > ?2",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![room, now_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<Result<Vec<(String, i64)>, _>>()
+                })
+                .map_err(failed)?;
+            Ok(PresentUser::group(rows))
         })
         .await
     }

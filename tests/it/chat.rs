@@ -164,7 +164,7 @@ async fn full_conversation_broadcasts_stores_and_replays() {
     assert_eq!(
         joined,
         json!({"type":"joined","id":hubhook::store::Broadcast::notice_id("c1", "1", 1_714_557_600_000),
-               "room":"lobby","userId":"alice","connectionId":"c1","at":"2024-05-01T10:00:00.000Z"})
+               "room":"lobby","userId":"alice","connectionId":"c1","at":"2024-05-01T10:00:00.000Z","online":1})
     );
     let msg = assert_broadcast(&calls[1], &app.rest, "lobby");
     assert_eq!(
@@ -174,6 +174,7 @@ async fn full_conversation_broadcasts_stores_and_replays() {
     let left = assert_broadcast(&calls[2], &app.rest, "lobby");
     assert_eq!(left["type"], "left");
     assert_eq!(left["connectionId"], "c1");
+    assert_eq!(left["online"], 0);
     // Every broadcast carries an id of its own, so a client can drop a duplicate.
     assert!(
         left["id"].as_str().is_some_and(|l| l != joined["id"]),

@@ -7,6 +7,7 @@
 
 mod support;
 
+mod auth;
 mod boundary;
 mod chaos;
 mod chat;
@@ -15,6 +16,7 @@ mod crash;
 mod emulator;
 mod emulator_api;
 mod outbox;
+mod presence;
 mod runtimes;
 mod settings;
 mod shutdown;

@@ -15,8 +15,8 @@ use futures_util::future::BoxFuture;
 use hubhook::store::dynamodb::{connect_with, DynamoOptions, DynamoStore};
 use hubhook::store::sqlite::SqliteStore;
 use hubhook::store::{
-    encode_cursor, Appended, Broadcast, BroadcastKind, MessageStore, NewMessage, StoreError,
-    StoredMessage, MAX_PAGE,
+    encode_cursor, Appended, Broadcast, BroadcastKind, MessageStore, NewMessage, Online,
+    StoreError, StoredMessage, MAX_PAGE,
 };
 
 const T0: i64 = 1_700_000_000_000;
@@ -84,6 +84,79 @@ async fn all(store: &dyn MessageStore, room: &str) -> Vec<StoredMessage> {
 // ---------------------------------------------------------------------------------------------
 // The conformance suite
 
+fn online(room: &str, conn: &str, user: &str, since_ms: i64, expires_ms: i64) -> Online {
+    Online {
+        room: room.into(),
+        connection_id: conn.into(),
+        user_id: user.into(),
+        since_ms,
+        expires_ms,
+    }
+}
+
+/// Who is in `room` at `now`: `(user, connections, since_ms)`.
+async fn present(store: &dyn MessageStore, room: &str, now: i64) -> Vec<(String, u32, i64)> {
+    store
+        .presence(room, now)
+        .await
+        .expect("presence")
+        .into_iter()
+        .map(|u| (u.user_id, u.connections, u.since_ms))
+        .collect()
+}
+
+/// Presence: per connection, grouped by user, idempotent join (first `since` kept) and leave,
+/// rooms isolated, expired entries (a lost `disconnected`) ignored.
+async fn presence(store: &dyn MessageStore) {
+    let hour = 3_600_000;
+    assert_eq!(present(store, "p-room", T0).await, vec![]);
+    store
+        .presence_online(&online("p-room", "c1", "alice", T0, T0 + hour))
+        .await
+        .unwrap();
+    store
+        .presence_online(&online("p-room", "c2", "alice", T0 + 5, T0 + hour))
+        .await
+        .unwrap();
+    store
+        .presence_online(&online("p-room", "c3", "bob", T0 + 7, T0 + hour))
+        .await
+        .unwrap();
+    store
+        .presence_online(&online("p-other", "c4", "carol", T0, T0 + hour))
+        .await
+        .unwrap();
+    // A retried `connected`: same entry, the first `since` kept, the expiry moved.
+    store
+        .presence_online(&online("p-room", "c3", "bob", T0 + 9, T0 + 2 * hour))
+        .await
+        .unwrap();
+    assert_eq!(
+        present(store, "p-room", T0 + 10).await,
+        vec![("alice".into(), 2, T0), ("bob".into(), 1, T0 + 7)]
+    );
+    assert_eq!(
+        present(store, "p-other", T0 + 10).await,
+        vec![("carol".into(), 1, T0)]
+    );
+    store.presence_offline("p-room", "c1").await.unwrap();
+    store
+        .presence_offline("p-room", "c1")
+        .await
+        .expect("leaving twice is not an error");
+    store.presence_offline("p-room", "never").await.unwrap();
+    assert_eq!(
+        present(store, "p-room", T0 + 10).await,
+        vec![("alice".into(), 1, T0 + 5), ("bob".into(), 1, T0 + 7)]
+    );
+    // After an hour only bob's renewed entry counts; after two, nobody (no ghost forever).
+    assert_eq!(
+        present(store, "p-room", T0 + hour + 1).await,
+        vec![("bob".into(), 1, T0 + 7)]
+    );
+    assert_eq!(present(store, "p-room", T0 + 2 * hour + 1).await, vec![]);
+}
+
 async fn suite(store: Arc<dyn MessageStore>) {
     let t = Instant::now();
     store.health().await.expect("health");
@@ -97,6 +170,7 @@ async fn suite(store: Arc<dyn MessageStore>) {
     outbox(&*store).await;
     retry_with_a_new_time(&*store).await;
     concurrent_appends(store.clone()).await;
+    presence(&*store).await;
     store.health().await.expect("health after the suite");
     eprintln!("suite on {}: {:?}", store.describe(), t.elapsed());
 }
@@ -584,6 +658,16 @@ async fn dynamodb_backend() {
 
     let item = raw_item(&client, "messages", "room#ttl", &brief.id()).await;
     assert_eq!(number(&item, "ttl"), Some((T0 + 2_999) / 1000 + 7 * 86_400));
+
+    // A presence entry expires through the table's TTL, so a lost `disconnected` leaves no
+    // ghost item forever.
+    keep.presence_online(&online("ttl", "conn-p", "dora", T0, T0 + 60_500))
+        .await
+        .unwrap();
+    let item = raw_item(&client, "messages", "presence#ttl", "conn-p").await;
+    assert_eq!(item["userId"].as_s().unwrap(), "dora");
+    assert_eq!(number(&item, "sinceMs"), Some(T0));
+    assert_eq!(number(&item, "ttl"), Some((T0 + 60_500) / 1000 + 1));
 
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     assert!(
