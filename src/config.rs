@@ -483,6 +483,9 @@ impl Config {
         validate_hub(&hub).map_err(|e| err("WEBPUBSUB_HUB", e))?;
         let mut signature_keys = vec![connection_string.access_key.clone()];
         signature_keys.extend(access_keys(a.access_keys.as_deref())?);
+        let auth = auth_mode(a, &connection_string)?;
+        let mut chat = chat_config(a)?;
+        chat.room_must_be_granted = matches!(&auth, AuthMode::Oidc(o) if o.rooms_claim.is_some());
         Ok(Config {
             bind: match &a.bind {
                 Some(b) => parse_num("HUBHOOK_BIND", b, "an IP address")?,
@@ -508,9 +511,9 @@ impl Config {
             store: StoreSpec::parse(a.store.as_deref().unwrap_or("sqlite://hubhook.db"))
                 .map_err(|e| err("HUBHOOK_STORE", e))?,
             store_options: store_options(a)?,
-            auth: auth_mode(a, &connection_string)?,
+            auth,
             cors_origins: cors_origins(a.cors_origins.as_deref())?,
-            chat: chat_config(a)?,
+            chat,
             event_path: event_path(a)?,
             dotnet_state: dotnet_state(a)?,
             limits: limits(a)?,
@@ -792,6 +795,7 @@ fn chat_config(a: &ServeArgs) -> Result<ChatConfig, ConfigError> {
             .filter(|v| !v.is_empty())
             .map(|v| MessageRate::parse(v).map_err(|e| err("HUBHOOK_MESSAGE_RATE", e)))
             .transpose()?,
+        room_must_be_granted: false,
         presence_ttl: match &a.presence_ttl {
             Some(v) => parse_duration(
                 "HUBHOOK_PRESENCE_TTL",
@@ -1285,7 +1289,9 @@ mod tests {
             auth_leeway: Some("0".into()),
             ..args(CS)
         };
-        let AuthMode::Oidc(o) = c(oidc.clone()).unwrap().auth else {
+        let with_rooms = c(oidc.clone()).unwrap();
+        assert!(with_rooms.chat.room_must_be_granted);
+        let AuthMode::Oidc(o) = with_rooms.auth else {
             panic!("oidc")
         };
         assert_eq!(

@@ -12,6 +12,8 @@ use crate::store::StoreError;
 pub enum ChatError {
     #[error("anonymous connections are not allowed")]
     Anonymous,
+    #[error("the client token does not grant room {0:?}")]
+    RoomNotGranted(String),
     #[error(transparent)]
     Room(#[from] RoomError),
     #[error(transparent)]
@@ -70,6 +72,7 @@ impl ChatError {
     pub fn status(&self) -> StatusCode {
         match self {
             ChatError::Anonymous => StatusCode::UNAUTHORIZED,
+            ChatError::RoomNotGranted(_) => StatusCode::FORBIDDEN,
             ChatError::Room(_) | ChatError::Message(_) | ChatError::UnsupportedEvent(_) => {
                 StatusCode::BAD_REQUEST
             }

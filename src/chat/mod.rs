@@ -59,6 +59,9 @@ pub struct ChatConfig {
     pub message_rate: Option<MessageRate>,
     /// How long a presence entry lasts without its `disconnected`.
     pub presence_ttl: std::time::Duration,
+    /// Refuse a connect whose `?room=` its client token does not grant (set when sign-in limits
+    /// rooms: `HUBHOOK_AUTH=oidc` with `HUBHOOK_AUTH_ROOMS_CLAIM`).
+    pub room_must_be_granted: bool,
 }
 
 impl Default for ChatConfig {
@@ -71,6 +74,7 @@ impl Default for ChatConfig {
             outbox: OutboxConfig::default(),
             message_rate: None,
             presence_ttl: DEFAULT_PRESENCE_TTL,
+            room_must_be_granted: false,
         }
     }
 }
@@ -168,6 +172,9 @@ impl Chat {
             .first_query("room")
             .unwrap_or(&self.inner.config.default_room);
         validate_room(room)?;
+        if self.inner.config.room_must_be_granted && !token_allows_room(req, room) {
+            return Err(ChatError::RoomNotGranted(room.to_string()));
+        }
         let mut state = ctx.state.clone();
         state.set(STATE_ROOM, room);
         let send_rooms = token_send_rooms(req);
@@ -481,6 +488,27 @@ fn token_send_rooms(req: &ConnectRequest) -> Value {
     } else {
         rooms.into()
     }
+}
+
+/// With [`ChatConfig::room_must_be_granted`], a client token that names rooms
+/// (`webpubsub.joinLeaveGroup.<room>`, as `/negotiate` issues for the room it was asked for, after
+/// checking the caller's rooms claim) limits `?room=` to those: editing the URL cannot move a user
+/// into another room. A token without such roles, or with the
+/// unscoped `webpubsub.joinLeaveGroup`, leaves the room free.
+fn token_allows_room(req: &ConnectRequest, room: &str) -> bool {
+    let roles = req
+        .claims
+        .get("role")
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if roles.iter().any(|r| r == "webpubsub.joinLeaveGroup") {
+        return true;
+    }
+    let mut scoped = roles
+        .iter()
+        .filter_map(|r| r.strip_prefix("webpubsub.joinLeaveGroup."))
+        .peekable();
+    scoped.peek().is_none() || scoped.any(|r| r == room)
 }
 
 fn may_send_to(state: &ConnectionState, room: &str) -> bool {

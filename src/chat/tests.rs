@@ -31,6 +31,42 @@ fn connect_req(query_room: Option<&str>, roles: &[&str], subprotocols: &[&str]) 
 }
 
 #[test]
+fn a_token_scoped_to_rooms_limits_the_room_at_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let negotiated = ["webpubsub.joinLeaveGroup.r1", "webpubsub.sendToGroup.r1"];
+    let free = chat(&dir, ChatConfig::default());
+    let r = free.connect(
+        &ctx(Some("alice")),
+        &connect_req(Some("r2"), &negotiated, &[]),
+    );
+    assert_eq!(r.status(), 200, "only when sign-in limits rooms");
+    let c = chat(
+        &dir,
+        ChatConfig {
+            room_must_be_granted: true,
+            ..Default::default()
+        },
+    );
+    let r = c.connect(
+        &ctx(Some("alice")),
+        &connect_req(Some("r1"), &negotiated, &[]),
+    );
+    assert_eq!(r.status(), 200);
+    let r = c.connect(
+        &ctx(Some("alice")),
+        &connect_req(Some("r2"), &negotiated, &[]),
+    );
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        r.body().as_ref(),
+        b"the client token does not grant room \"r2\""
+    );
+    let all = ["webpubsub.joinLeaveGroup", "webpubsub.joinLeaveGroup.r1"];
+    let r = c.connect(&ctx(Some("alice")), &connect_req(Some("r2"), &all, &[]));
+    assert_eq!(r.status(), 200);
+}
+
+#[test]
 fn connect_puts_the_user_in_the_room_and_remembers_it() {
     let dir = tempfile::tempdir().unwrap();
     let c = chat(&dir, ChatConfig::default());
