@@ -6,6 +6,7 @@ mod dev;
 mod emulator;
 mod secret;
 mod telemetry;
+mod tunnel;
 
 pub mod listener;
 
@@ -43,6 +44,8 @@ pub enum RuntimeError {
     Serve(#[from] std::io::Error),
     #[error(transparent)]
     Emulator(#[from] EmulatorError),
+    #[error("tunnel: {0}")]
+    Tunnel(crate::tunnel::TunnelError),
     #[error("lambda runtime: {0}")]
     Lambda(lambda_http::Error),
 }
@@ -60,6 +63,7 @@ pub async fn run(command: Option<Command>, log_format: Option<&str>) -> Result<(
         Command::Serve(args) => serve(args, platform).await,
         Command::Dev(args) => dev::run(&args).await,
         Command::Emulator(args) => emulator::run(&args).await,
+        Command::Tunnel(args) => tunnel::run(&args).await,
     }
 }
 
