@@ -46,7 +46,9 @@ pub enum TunnelError {
     Refused { status: u16, hint: &'static str },
     #[error("cannot connect to {endpoint}: {reason}")]
     Connect { endpoint: String, reason: String },
-    #[error("connected to {endpoint}, but no ConnectionConnected arrived within {timeout:?}")]
+    #[error(
+        "no ConnectionConnected from {endpoint} within {timeout:?} (is it a Web PubSub endpoint?)"
+    )]
     NoConnected { endpoint: String, timeout: Duration },
     #[error("invalid tunnel endpoint {0:?}")]
     Endpoint(String),

@@ -19,3 +19,4 @@ mod runtimes;
 mod settings;
 mod shutdown;
 mod store;
+mod tunnel;
