@@ -48,6 +48,93 @@ pub enum Command {
     Emulator(EmulatorArgs),
     /// Local development: the emulator and the chat function in one process, loopback only.
     Dev(DevArgs),
+    /// Tunnel a real Web PubSub resource's webhooks to a local handler (no public URL): set the
+    /// hub's event handler to `tunnel:///eventhandler`.
+    Tunnel(TunnelArgs),
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct TunnelArgs {
+    /// Hub whose webhooks are tunnelled.
+    #[arg(long, env = "WEBPUBSUB_HUB")]
+    pub hub: Option<String>,
+    /// Where webhooks are replayed: its path is a prefix and its query is kept (default
+    /// http://127.0.0.1:8080, what `hubhook serve` listens on; no scheme means http).
+    #[arg(long, env = "HUBHOOK_TUNNEL_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// Longest wait for the upstream's answer (default 20s); past it the service gets 502.
+    #[arg(long, env = "HUBHOOK_TUNNEL_UPSTREAM_TIMEOUT")]
+    pub upstream_timeout: Option<String>,
+    /// Longest wait per connect attempt, until the service's ConnectionConnected (default 10s).
+    #[arg(long, env = "HUBHOOK_TUNNEL_CONNECT_TIMEOUT")]
+    pub connect_timeout: Option<String>,
+    /// File holding the connection string (trimmed). Otherwise WEBPUBSUB_CONNECTION_STRING;
+    /// deliberately no flag for the string itself (a command line is visible through `ps`).
+    #[arg(long, env = "WEBPUBSUB_CONNECTION_STRING_FILE")]
+    pub connection_string_file: Option<String>,
+    /// Set by code (`hubhook dev` against a real resource); never a flag.
+    #[arg(skip)]
+    pub connection_string: Option<String>,
+}
+
+impl TunnelArgs {
+    /// The validated tunnel settings; the connection string from the environment or its file.
+    pub fn config(&self) -> Result<crate::tunnel::TunnelConfig, ConfigError> {
+        let mut serve = ServeArgs {
+            connection_string: self.connection_string.clone(),
+            connection_string_file: self.connection_string_file.clone(),
+            ..Default::default()
+        };
+        serve.read_connection_string()?;
+        let connection_string = connection_string(&serve, &Defaults::serve())?;
+        let hub = self.hub.clone().unwrap_or_else(|| "chat".into());
+        validate_hub(&hub).map_err(|e| err("WEBPUBSUB_HUB", e))?;
+        let upstream = tunnel_upstream(self.upstream.as_deref())?;
+        const HOUR: Duration = Duration::from_secs(3600);
+        let d = |var, v: &Option<String>, default| {
+            v.as_deref()
+                .map_or(Ok(default), |v| parse_duration(var, v, HOUR))
+        };
+        use crate::tunnel::TunnelConfig as T;
+        Ok(T {
+            connection_string,
+            hub,
+            upstream,
+            upstream_timeout: d(
+                "HUBHOOK_TUNNEL_UPSTREAM_TIMEOUT",
+                &self.upstream_timeout,
+                T::DEFAULT_UPSTREAM_TIMEOUT,
+            )?,
+            connect_timeout: d(
+                "HUBHOOK_TUNNEL_CONNECT_TIMEOUT",
+                &self.connect_timeout,
+                T::DEFAULT_CONNECT_TIMEOUT,
+            )?,
+        })
+    }
+}
+
+/// `HUBHOOK_TUNNEL_UPSTREAM`: an http(s) URL; a bare `host:port` gets `http://`.
+fn tunnel_upstream(v: Option<&str>) -> Result<url::Url, ConfigError> {
+    const VAR: &str = "HUBHOOK_TUNNEL_UPSTREAM";
+    let v = v.map(str::trim).unwrap_or("http://127.0.0.1:8080");
+    let with_scheme = if v.contains("://") {
+        v.to_string()
+    } else {
+        format!("http://{v}")
+    };
+    match url::Url::parse(&with_scheme) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+            if !u.username().is_empty() || u.password().is_some() || u.fragment().is_some() {
+                return Err(err(VAR, "must not carry a user, password or fragment"));
+            }
+            Ok(u)
+        }
+        _ => Err(err(
+            VAR,
+            format!("{v:?} is not an http(s) URL (e.g. http://127.0.0.1:8080)"),
+        )),
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -192,6 +279,9 @@ pub const VARIABLES: &[&str] = &[
     "HUBHOOK_EMULATOR_BIND",
     "HUBHOOK_EVENT_HANDLER",
     "HUBHOOK_LOG_FORMAT",
+    "HUBHOOK_TUNNEL_UPSTREAM",
+    "HUBHOOK_TUNNEL_UPSTREAM_TIMEOUT",
+    "HUBHOOK_TUNNEL_CONNECT_TIMEOUT",
     "RUST_LOG",
     "FUNCTIONS_CUSTOMHANDLER_PORT",
     "AWS_ENDPOINT_URL_DYNAMODB",
@@ -1202,6 +1292,51 @@ mod tests {
             ..args(CS)
         };
         a.read_connection_string().unwrap();
+    }
+
+    #[test]
+    fn tunnel_settings_name_their_variable() {
+        let t = |f: fn(&mut TunnelArgs)| {
+            let mut a = TunnelArgs {
+                connection_string: Some(CS.into()),
+                hub: Some("myHub1".into()),
+                ..Default::default()
+            };
+            f(&mut a);
+            a.config()
+        };
+        let c = t(|a| a.upstream = Some("localhost:7071/api?code=x".into())).unwrap();
+        assert_eq!(c.upstream.as_str(), "http://localhost:7071/api?code=x");
+        assert_eq!(c.hub, "myHub1");
+        assert_eq!(
+            c.upstream_timeout,
+            crate::tunnel::TunnelConfig::DEFAULT_UPSTREAM_TIMEOUT
+        );
+        assert_eq!(
+            t(|_| {}).unwrap().upstream.as_str(),
+            "http://127.0.0.1:8080/"
+        );
+        for (f, var) in [
+            (
+                (|a: &mut TunnelArgs| a.upstream = Some("ftp://x".into())) as fn(&mut TunnelArgs),
+                "HUBHOOK_TUNNEL_UPSTREAM",
+            ),
+            (
+                |a| a.upstream_timeout = Some("soon".into()),
+                "HUBHOOK_TUNNEL_UPSTREAM_TIMEOUT",
+            ),
+            (
+                |a| a.connect_timeout = Some("0".into()),
+                "HUBHOOK_TUNNEL_CONNECT_TIMEOUT",
+            ),
+            (|a| a.hub = Some("1x".into()), "WEBPUBSUB_HUB"),
+            (
+                |a| a.connection_string = Some("Endpoint=https://x".into()),
+                "WEBPUBSUB_CONNECTION_STRING",
+            ),
+        ] {
+            assert_eq!(t(f).unwrap_err().var, var);
+        }
     }
 
     #[test]

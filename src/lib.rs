@@ -22,6 +22,8 @@
 //!   module that reads the environment.
 //! * [`emulator`] — a local Web PubSub service (client WebSockets, webhooks, REST API) for
 //!   development and tests.
+//! * [`tunnel`] — `hubhook tunnel`: a real resource's webhooks over an outbound WebSocket to a
+//!   local handler; its frame codec is shared with the emulator's service side.
 
 pub mod auth;
 pub mod chat;
@@ -32,3 +34,4 @@ pub mod protocol;
 pub mod runtime;
 pub mod service;
 pub mod store;
+pub mod tunnel;

@@ -96,6 +96,21 @@ pub fn verify_client_token(key: &AccessKey, token: &str, hub: &str) -> Result<Cl
     Ok(claims_of(&claims))
 }
 
+/// A tunnel token (`/server/tunnel`): HS256 with the key, `exp` in the future, `aud` any URL
+/// (ws/wss/http/https, any host and query) whose path ends in `/server/tunnel`, as the reference
+/// advises for a check the real service leaves unverified. Returns `sub`, the tunnel's id.
+pub fn verify_tunnel_token(key: &AccessKey, token: &str) -> Result<Option<String>, TokenError> {
+    let claims = decode(key, token)?;
+    let path = audience_path(&claims, &["http", "https", "ws", "wss"])?;
+    if !path.ends_with("/server/tunnel") {
+        return Err(TokenError::OtherRequest {
+            path,
+            request: "/server/tunnel".into(),
+        });
+    }
+    Ok(claims.get("sub").and_then(Value::as_str).map(String::from))
+}
+
 /// A REST bearer token: `aud` is the request URL (with or without its query; scheme and host
 /// may differ), signed with the key, not expired.
 pub fn verify_rest_token(

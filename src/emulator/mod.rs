@@ -12,7 +12,8 @@
 //! | `conn` | one logical connection: roles, state, ackIds, sequence ids and the reliable buffer |
 //! | `queue` | one socket's outbound queue: never waits, bounded in bytes and messages |
 //! | `hub` | connections and groups per hub |
-//! | `upstream` | event-handler settings and the webhook calls (abuse protection, signing, timeouts) |
+//! | `upstream` | event-handler settings and the webhook calls (abuse protection, signing, timeouts), over HTTP or a tunnel |
+//! | `tunnel` | the service side of the tunnel: `/server/tunnel`, `tunnel:///` handlers delivered through it |
 //! | `rest` | the REST API 2024-12-01 (`RestOp`: route, then one function per operation), `filter` its OData filters |
 //! | `lenient` | serde helpers for optional JSON fields read leniently (frames, REST bodies) |
 //!
@@ -33,6 +34,7 @@ mod lenient;
 mod queue;
 mod rest;
 mod session;
+mod tunnel;
 mod upstream;
 
 use std::fmt;
@@ -53,6 +55,7 @@ pub use queue::{
     DEFAULT_RELIABLE_MESSAGES,
 };
 pub use session::MAX_FRAME;
+pub use tunnel::{TunnelInfo, Tunnels};
 pub use upstream::{HandlerSettings, InvalidHandlerSpec, WebhookLog, WebhookObserver};
 
 use crate::protocol::{DisconnectedRequest, Event, EventContext, EventData, UserEvent};
@@ -171,6 +174,7 @@ pub enum EmulatorError {
 
 pub(crate) struct Shared {
     registry: hub::Registry,
+    tunnels: Arc<Tunnels>,
     upstream: upstream::Upstream,
     key: AccessKey,
     recovery_window: Duration,
@@ -184,6 +188,7 @@ pub struct Emulator {
     listener: tokio::net::TcpListener,
     router: Router,
     key: String,
+    tunnels: Arc<Tunnels>,
 }
 
 impl Emulator {
@@ -212,6 +217,7 @@ impl Emulator {
                 source,
             })?;
         check_bind(&config, addr)?;
+        let tunnels = Arc::new(Tunnels::default());
         let shared = Arc::new(Shared {
             registry: hub::Registry::default(),
             upstream: upstream::Upstream::new(
@@ -220,7 +226,9 @@ impl Emulator {
                 config.upstream_timeout,
                 config.origin.clone(),
                 config.on_webhook.clone(),
+                tunnels.clone(),
             ),
+            tunnels: tunnels.clone(),
             key: AccessKey::new(config.access_key.clone()),
             recovery_window: config.recovery_window,
             close_frame_is_final: config.close_frame_is_final,
@@ -233,11 +241,13 @@ impl Emulator {
             .route("/client", get(client::hub_query))
             .route("/client/", get(client::hub_query))
             .route("/api/{*rest}", any(rest::api))
+            .route("/server/tunnel", get(tunnel::endpoint))
             .with_state(shared);
         Ok(Emulator {
             listener,
             router,
             key: config.access_key,
+            tunnels,
         })
     }
 
@@ -273,6 +283,7 @@ impl Emulator {
         let emulator = self;
         let local_addr = emulator.local_addr();
         let connection_string = literal_connection_string(local_addr, &emulator.key);
+        let tunnels = emulator.tunnels.clone();
         let task = tokio::spawn(async move {
             if let Err(e) = emulator.run_until(std::future::pending()).await {
                 tracing::error!("emulator stopped: {e}");
@@ -282,6 +293,7 @@ impl Emulator {
             local_addr,
             connection_string,
             task,
+            tunnels,
         }
     }
 }
@@ -308,6 +320,7 @@ pub struct EmulatorHandle {
     pub local_addr: SocketAddr,
     connection_string: String,
     task: tokio::task::JoinHandle<()>,
+    tunnels: Arc<Tunnels>,
 }
 
 impl EmulatorHandle {
@@ -318,6 +331,12 @@ impl EmulatorHandle {
     /// `http://ip:port`
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.local_addr)
+    }
+
+    /// The tunnel connections (`/server/tunnel`), and test hooks to rebalance, reconnect and
+    /// close them.
+    pub fn tunnels(&self) -> &Tunnels {
+        &self.tunnels
     }
 }
 

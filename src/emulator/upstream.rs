@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::HeaderValue;
 use reqwest::StatusCode;
 
+use super::tunnel::Tunnels;
 use crate::protocol::{build_webhook, Event, EventContext};
 
 /// One entry of a hub's event-handler settings (ARM model: urlTemplate, userEventPattern,
@@ -26,9 +27,9 @@ pub struct HandlerSettings {
     pub system_events: Vec<String>,
 }
 
-/// An `--event-handler` value that is not `[hub=]http(s)-url-template`.
+/// An `--event-handler` value that is not `[hub=]http(s)-url-template` or `[hub=]tunnel:///path`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not an http(s) URL template (e.g. http://127.0.0.1:3000/api/{{event}})")]
+#[error("{0:?} is not an http(s) URL template (e.g. http://127.0.0.1:3000/api/{{event}}) or tunnel:///<path>")]
 pub struct InvalidHandlerSpec(pub String);
 
 impl HandlerSettings {
@@ -53,6 +54,7 @@ impl HandlerSettings {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {
                 Ok(HandlerSettings::all_events(hub, url))
             }
+            Ok(_) if url.starts_with(TUNNEL_SCHEME) => Ok(HandlerSettings::all_events(hub, url)),
             _ => Err(InvalidHandlerSpec(spec.to_string())),
         }
     }
@@ -145,6 +147,7 @@ pub struct Upstream {
     timeout: Duration,
     origin: String,
     observer: Option<WebhookObserver>,
+    tunnels: Arc<Tunnels>,
 }
 
 impl Upstream {
@@ -154,6 +157,7 @@ impl Upstream {
         timeout: Duration,
         origin: String,
         observer: Option<WebhookObserver>,
+        tunnels: Arc<Tunnels>,
     ) -> Upstream {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
@@ -167,6 +171,7 @@ impl Upstream {
             timeout,
             origin,
             observer,
+            tunnels,
         }
     }
 
@@ -208,7 +213,7 @@ impl Upstream {
             .replace("{hub}", &ctx.hub)
             .replace("{event}", "validate");
         let started = Instant::now();
-        if let Err(e) = self.validate(&validate_url).await {
+        if let Err(e) = self.validate(&ctx.hub, &validate_url).await {
             self.observe(ctx, None, Some(e.to_string()), started, 1);
             return Err(e);
         }
@@ -220,39 +225,24 @@ impl Upstream {
         let mut attempt = 1;
         loop {
             let started = Instant::now();
-            let sent = self
-                .http
-                .post(&url)
-                .headers(headers.clone())
-                .body(body.clone())
-                .timeout(self.timeout)
-                .send()
-                .await;
-            let result = match sent {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let h = |n: &str| {
-                        resp.headers()
-                            .get(n)
-                            .and_then(|v| v.to_str().ok())
-                            .map(String::from)
-                    };
-                    let content_type = h("content-type");
-                    let state = h("ce-connectionstate");
-                    match tokio::time::timeout(self.timeout, resp.bytes()).await {
-                        Ok(Ok(body)) => Ok(UpstreamReply {
-                            status,
-                            content_type,
-                            state,
-                            body,
-                        }),
-                        Ok(Err(e)) => Err(UpstreamError::Unreachable(innermost(&e))),
-                        Err(_) => Err(UpstreamError::Timeout(self.timeout)),
+            let result = self
+                .exchange(
+                    &ctx.hub,
+                    reqwest::Method::POST,
+                    &url,
+                    headers.clone(),
+                    body.clone(),
+                )
+                .await
+                .map(|(status, h, body)| {
+                    let h = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(String::from);
+                    UpstreamReply {
+                        status,
+                        content_type: h("content-type"),
+                        state: h("ce-connectionstate"),
+                        body,
                     }
-                }
-                Err(e) if e.is_timeout() => Err(UpstreamError::Timeout(self.timeout)),
-                Err(e) => Err(UpstreamError::Unreachable(innermost(&e))),
-            };
+                });
             let status = result.as_ref().ok().map(|r| r.status.as_u16());
             let error = result.as_ref().err().map(|e| e.to_string());
             self.observe(ctx, status, error, started, attempt);
@@ -289,7 +279,7 @@ impl Upstream {
     }
 
     /// The abuse-protection handshake, once per URL (a failure is retried on the next event).
-    async fn validate(&self, url: &str) -> Result<(), UpstreamError> {
+    async fn validate(&self, hub: &str, url: &str) -> Result<(), UpstreamError> {
         if self.validated.lock().unwrap().contains(url) {
             return Ok(());
         }
@@ -297,26 +287,24 @@ impl Upstream {
             url: url.to_string(),
             reason,
         };
-        let resp = self
-            .http
-            .request(reqwest::Method::OPTIONS, url)
-            .header("WebHook-Request-Origin", &self.origin)
-            .header("ce-awpsversion", "1.0")
-            .timeout(self.timeout)
-            .send()
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "webhook-request-origin",
+            HeaderValue::from_str(&self.origin).map_err(|_| fail("invalid origin".into()))?,
+        );
+        headers.insert("ce-awpsversion", HeaderValue::from_static("1.0"));
+        let (status, resp_headers, _) = self
+            .exchange(hub, reqwest::Method::OPTIONS, url, headers, Bytes::new())
             .await
-            .map_err(|e| {
-                if e.is_timeout() {
-                    fail(format!("no answer within {:?}", self.timeout))
-                } else {
-                    fail(innermost(&e))
-                }
+            .map_err(|e| match e {
+                UpstreamError::Timeout(_) => fail(format!("no answer within {:?}", self.timeout)),
+                UpstreamError::Unreachable(r) => fail(r),
+                other => fail(other.to_string()),
             })?;
-        if !resp.status().is_success() {
-            return Err(fail(format!("status {}", resp.status())));
+        if !status.is_success() {
+            return Err(fail(format!("status {status}")));
         }
-        let allowed: Vec<String> = resp
-            .headers()
+        let allowed: Vec<String> = resp_headers
             .get_all("webhook-allowed-origin")
             .iter()
             .filter_map(|v| v.to_str().ok())
@@ -335,6 +323,81 @@ impl Upstream {
         Ok(())
     }
 }
+
+impl Upstream {
+    /// One exchange with an event handler: an HTTP request, or (for a `tunnel:///` template) the
+    /// same request through one of the hub's tunnel connections. Status, headers, whole body.
+    async fn exchange(
+        &self,
+        hub: &str,
+        method: reqwest::Method,
+        url: &str,
+        headers: http::HeaderMap,
+        body: Bytes,
+    ) -> Result<(StatusCode, http::HeaderMap, Bytes), UpstreamError> {
+        if url.starts_with(TUNNEL_SCHEME) {
+            let r = self
+                .tunnels
+                .call(hub, method.as_str(), url, &headers, body, self.timeout)
+                .await?;
+            let status = StatusCode::from_u16(r.status_code).map_err(|_| {
+                UpstreamError::Unreachable(format!("tunnel answered status {}", r.status_code))
+            })?;
+            // The answer is complete: hop-by-hop headers (Node's `transfer-encoding: chunked`,
+            // `connection`) describe the tunnel client's own hop and are dropped.
+            let mut h = http::HeaderMap::new();
+            for (name, values) in &r.headers {
+                let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) else {
+                    continue;
+                };
+                if HOP_BY_HOP.contains(&name.as_str()) {
+                    continue;
+                }
+                for v in values {
+                    if let Ok(v) = HeaderValue::from_str(v) {
+                        h.append(name.clone(), v);
+                    }
+                }
+            }
+            return Ok((status, h, r.body));
+        }
+        let sent = self
+            .http
+            .request(method, url)
+            .headers(headers)
+            .body(body)
+            .timeout(self.timeout)
+            .send()
+            .await;
+        match sent {
+            Ok(resp) => {
+                let status = resp.status();
+                let h = resp.headers().clone();
+                match tokio::time::timeout(self.timeout, resp.bytes()).await {
+                    Ok(Ok(body)) => Ok((status, h, body)),
+                    Ok(Err(e)) => Err(UpstreamError::Unreachable(innermost(&e))),
+                    Err(_) => Err(UpstreamError::Timeout(self.timeout)),
+                }
+            }
+            Err(e) if e.is_timeout() => Err(UpstreamError::Timeout(self.timeout)),
+            Err(e) => Err(UpstreamError::Unreachable(innermost(&e))),
+        }
+    }
+}
+
+/// Event-handler templates delivered through the tunnel (`tunnel:///eventhandler`).
+pub const TUNNEL_SCHEME: &str = "tunnel:///";
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
 
 fn innermost(e: &reqwest::Error) -> String {
     let mut cause: &dyn std::error::Error = e;
@@ -356,10 +419,15 @@ mod tests {
         assert_eq!(h.url_template, "http://127.0.0.1:3000/api/{event}?x=1");
         let h = HandlerSettings::parse("chat=http://h/{hub}/{event}").unwrap();
         assert_eq!(h.hub, "chat");
-        assert!(HandlerSettings::parse("tunnel:///x").is_err());
+        let t = HandlerSettings::parse("chat=tunnel:///eventhandler/{event}").unwrap();
+        assert_eq!(
+            (t.hub.as_str(), t.url_template.as_str()),
+            ("chat", "tunnel:///eventhandler/{event}")
+        );
+        assert!(HandlerSettings::parse("tunnel://host/x").is_err());
         assert_eq!(
             HandlerSettings::parse("not a url").unwrap_err().to_string(),
-            "\"not a url\" is not an http(s) URL template (e.g. http://127.0.0.1:3000/api/{event})"
+            "\"not a url\" is not an http(s) URL template (e.g. http://127.0.0.1:3000/api/{event}) or tunnel:///<path>"
         );
     }
 

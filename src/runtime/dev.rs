@@ -18,6 +18,9 @@ pub async fn run(args: &DevArgs) -> Result<(), RuntimeError> {
     let emu_bind = SocketAddr::from(([127, 0, 0, 1], args.emulator_port()?));
     let mut serve = args.serve.clone();
     serve.read_connection_string()?;
+    if super::tunnel::names_real_resource(&serve) {
+        return super::tunnel::dev(&serve).await;
+    }
     let listener = listen("HUBHOOK_EMULATOR_PORT", emu_bind).await?;
     let emulator_port = listener.local_addr()?.port();
     let config = Config::from_args(&serve, &Defaults::dev(emulator_port))?;

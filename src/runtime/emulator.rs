@@ -49,6 +49,9 @@ pub async fn run(args: &EmulatorArgs) -> Result<(), RuntimeError> {
     for h in &args.event_handler {
         println!("  event handler     : {h}");
     }
+    if args.event_handler.iter().any(|h| h.contains("tunnel:///")) {
+        println!("  tunnel            : ws://{addr}/server/tunnel (run `hubhook tunnel` with the connection string above)");
+    }
     emulator.run().await?;
     Ok(())
 }

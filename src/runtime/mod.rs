@@ -6,6 +6,7 @@ mod dev;
 mod emulator;
 mod secret;
 mod telemetry;
+mod tunnel;
 
 pub mod listener;
 
@@ -48,6 +49,8 @@ pub enum RuntimeError {
     Emulator(#[from] EmulatorError),
     #[error("HUBHOOK_AUTH: {0}")]
     Auth(String),
+    #[error("tunnel: {0}")]
+    Tunnel(crate::tunnel::TunnelError),
     #[error("lambda runtime: {0}")]
     Lambda(lambda_http::Error),
 }
@@ -65,6 +68,7 @@ pub async fn run(command: Option<Command>, log_format: Option<&str>) -> Result<(
         Command::Serve(args) => serve(args, platform).await,
         Command::Dev(args) => dev::run(&args).await,
         Command::Emulator(args) => emulator::run(&args).await,
+        Command::Tunnel(args) => tunnel::run(&args).await,
     }
 }
 

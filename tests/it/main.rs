@@ -21,3 +21,4 @@ mod runtimes;
 mod settings;
 mod shutdown;
 mod store;
+mod tunnel;
