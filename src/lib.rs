@@ -20,6 +20,8 @@
 //!   module that reads the environment.
 //! * [`emulator`] — a local Web PubSub service (client WebSockets, webhooks, REST API) for
 //!   development and tests.
+//! * [`ui`] — `hubhook dev`'s page (chat, live webhook inspector, the emulator's connections),
+//!   compiled in, behind a per-run token.
 
 pub mod chat;
 pub mod config;
@@ -29,3 +31,4 @@ pub mod protocol;
 pub mod runtime;
 pub mod service;
 pub mod store;
+pub mod ui;

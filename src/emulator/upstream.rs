@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
 use reqwest::StatusCode;
 
 use crate::protocol::{build_webhook, Event, EventContext};
@@ -89,6 +89,26 @@ pub struct WebhookLog {
     pub error: Option<String>,
     pub elapsed: Duration,
     pub attempt: u32,
+    /// The request as sent (shared by the retries); `None` when the abuse-protection handshake
+    /// failed before any request was built.
+    pub request: Option<Arc<WebhookRequest>>,
+    /// The handler's answer, when one came (its status is [`WebhookLog::status`]).
+    pub response: Option<WebhookResponse>,
+}
+
+/// One webhook request exactly as the emulator sent it (the dev page's inspector shows it).
+#[derive(Debug, Clone)]
+pub struct WebhookRequest {
+    pub url: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// The event handler's answer to one webhook attempt.
+#[derive(Debug, Clone)]
+pub struct WebhookResponse {
+    pub headers: HeaderMap,
+    pub body: Bytes,
 }
 
 impl fmt::Display for WebhookLog {
@@ -209,7 +229,7 @@ impl Upstream {
             .replace("{event}", "validate");
         let started = Instant::now();
         if let Err(e) = self.validate(&validate_url).await {
-            self.observe(ctx, None, Some(e.to_string()), started, 1);
+            self.observe(ctx, None, Some(e.to_string()), started, 1, None, None);
             return Err(e);
         }
         let (mut headers, body) = build_webhook(ctx, event, &[&self.key])
@@ -217,6 +237,13 @@ impl Upstream {
         if let Some(v) = state.and_then(|s| HeaderValue::from_str(s).ok()) {
             headers.insert("ce-connectionstate", v);
         }
+        let request = self.observer.as_ref().map(|_| {
+            Arc::new(WebhookRequest {
+                url: url.clone(),
+                headers: headers.clone(),
+                body: body.clone(),
+            })
+        });
         let mut attempt = 1;
         loop {
             let started = Instant::now();
@@ -228,6 +255,7 @@ impl Upstream {
                 .timeout(self.timeout)
                 .send()
                 .await;
+            let mut response = None;
             let result = match sent {
                 Ok(resp) => {
                     let status = resp.status();
@@ -239,13 +267,20 @@ impl Upstream {
                     };
                     let content_type = h("content-type");
                     let state = h("ce-connectionstate");
+                    let resp_headers = request.as_ref().map(|_| resp.headers().clone());
                     match tokio::time::timeout(self.timeout, resp.bytes()).await {
-                        Ok(Ok(body)) => Ok(UpstreamReply {
-                            status,
-                            content_type,
-                            state,
-                            body,
-                        }),
+                        Ok(Ok(body)) => {
+                            response = resp_headers.map(|headers| WebhookResponse {
+                                headers,
+                                body: body.clone(),
+                            });
+                            Ok(UpstreamReply {
+                                status,
+                                content_type,
+                                state,
+                                body,
+                            })
+                        }
                         Ok(Err(e)) => Err(UpstreamError::Unreachable(innermost(&e))),
                         Err(_) => Err(UpstreamError::Timeout(self.timeout)),
                     }
@@ -255,7 +290,15 @@ impl Upstream {
             };
             let status = result.as_ref().ok().map(|r| r.status.as_u16());
             let error = result.as_ref().err().map(|e| e.to_string());
-            self.observe(ctx, status, error, started, attempt);
+            self.observe(
+                ctx,
+                status,
+                error,
+                started,
+                attempt,
+                request.clone(),
+                response,
+            );
             let retry = attempt < attempts && status.is_none_or(|s| s >= 500 || s == 408);
             if !retry {
                 return result;
@@ -265,6 +308,7 @@ impl Upstream {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn observe(
         &self,
         ctx: &EventContext,
@@ -272,6 +316,8 @@ impl Upstream {
         error: Option<String>,
         started: Instant,
         attempt: u32,
+        request: Option<Arc<WebhookRequest>>,
+        response: Option<WebhookResponse>,
     ) {
         let log = WebhookLog {
             hub: ctx.hub.clone(),
@@ -281,6 +327,8 @@ impl Upstream {
             error,
             elapsed: started.elapsed(),
             attempt,
+            request,
+            response,
         };
         tracing::debug!(target: "hubhook::emulator", "{log}");
         if let Some(o) = &self.observer {
