@@ -8,6 +8,7 @@
 mod support;
 
 mod boundary;
+mod browser;
 mod chaos;
 mod chat;
 mod compat;
