@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the pinned npm packages the tests use (tests/js/package-lock.json: the official
-# @azure/web-pubsub, @azure/web-pubsub-express, @azure/web-pubsub-client SDKs, express, ws and
+# @azure/web-pubsub, @azure/web-pubsub-express, @azure/web-pubsub-client SDKs, express, ws,
+# playwright-core (drives Debian's chromium for the dev page test) and
 # dynalite) into tests/js/node_modules. Does nothing when node_modules is already at least as new
 # as package-lock.json; otherwise runs `npm ci` (exact versions from the lockfile).
 set -euo pipefail

@@ -7,6 +7,21 @@ cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "test.sh: cargo is required (https://rustup.rs)" >&2; exit 1; }
 bash scripts/js-deps.sh
 
+# The dev page's browser test (tests/js/browser.mjs) drives Debian's chromium through the pinned
+# playwright-core (a test tool's own browser download does not work everywhere).
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: installing chromium (apt-get)" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  elif command -v sudo >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: installing chromium (sudo apt-get)" >&2
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "test.sh: /usr/bin/chromium is required for the dev page's browser test (Debian: apt-get install chromium)" >&2
+    exit 1
+  fi
+fi
+
 # cfn-lint validates the SAM template (pinned; installed once into .venv-tools).
 if [ ! -x .venv-tools/bin/cfn-lint ]; then
   echo "test.sh: installing cfn-lint into .venv-tools" >&2

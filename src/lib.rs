@@ -24,6 +24,8 @@
 //!   development and tests.
 //! * [`tunnel`] — `hubhook tunnel`: a real resource's webhooks over an outbound WebSocket to a
 //!   local handler; its frame codec is shared with the emulator's service side.
+//! * [`ui`] — `hubhook dev`'s page (chat, live webhook inspector, the emulator's connections),
+//!   compiled in, behind a per-run token.
 
 pub mod auth;
 pub mod chat;
@@ -35,3 +37,4 @@ pub mod runtime;
 pub mod service;
 pub mod store;
 pub mod tunnel;
+pub mod ui;

@@ -81,6 +81,12 @@ impl Registry {
         f(hubs.entry(hub.to_ascii_lowercase()).or_default())
     }
 
+    /// `f` over every hub, results concatenated.
+    pub fn list<T>(&self, mut f: impl FnMut(&HubState) -> Vec<T>) -> Vec<T> {
+        let hubs = self.hubs.lock().unwrap();
+        hubs.values().flat_map(&mut f).collect()
+    }
+
     /// CloudEvents ids, unique per emulator process.
     pub fn next_ce_id(&self) -> String {
         (self.ce_ids.fetch_add(1, Ordering::Relaxed) + 1).to_string()

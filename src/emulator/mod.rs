@@ -56,7 +56,10 @@ pub use queue::{
 };
 pub use session::MAX_FRAME;
 pub use tunnel::{TunnelInfo, Tunnels};
-pub use upstream::{HandlerSettings, InvalidHandlerSpec, WebhookLog, WebhookObserver};
+pub use upstream::{
+    HandlerSettings, InvalidHandlerSpec, WebhookLog, WebhookObserver, WebhookRequest,
+    WebhookResponse,
+};
 
 use crate::protocol::{DisconnectedRequest, Event, EventContext, EventData, UserEvent};
 use crate::runtime::listener::Limits;
@@ -189,6 +192,47 @@ pub struct Emulator {
     router: Router,
     key: String,
     tunnels: Arc<Tunnels>,
+    shared: Arc<Shared>,
+}
+
+/// A read-only look at a running emulator's state (the dev page's Service view).
+#[derive(Clone)]
+pub struct EmulatorView(Arc<Shared>);
+
+/// One live connection, as [`EmulatorView::connections`] lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConnectionInfo {
+    pub hub: String,
+    #[serde(rename = "connectionId")]
+    pub connection_id: String,
+    #[serde(rename = "userId")]
+    pub user_id: Option<String>,
+    pub subprotocol: Option<String>,
+    pub groups: Vec<String>,
+}
+
+impl EmulatorView {
+    /// Every connection of every hub, sorted by hub then connection id.
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        let mut all = self.0.registry.list(|hub| {
+            hub.conns
+                .values()
+                .map(|c| {
+                    let mut groups = hub.groups_of(&c.id);
+                    groups.sort();
+                    ConnectionInfo {
+                        hub: c.hub.clone(),
+                        connection_id: c.id.clone(),
+                        user_id: c.user_id.clone(),
+                        subprotocol: c.subprotocol.clone(),
+                        groups,
+                    }
+                })
+                .collect::<Vec<_>>()
+        });
+        all.sort_by(|a, b| (&a.hub, &a.connection_id).cmp(&(&b.hub, &b.connection_id)));
+        all
+    }
 }
 
 impl Emulator {
@@ -242,13 +286,19 @@ impl Emulator {
             .route("/client/", get(client::hub_query))
             .route("/api/{*rest}", any(rest::api))
             .route("/server/tunnel", get(tunnel::endpoint))
-            .with_state(shared);
+            .with_state(shared.clone());
         Ok(Emulator {
             listener,
             router,
             key: config.access_key,
             tunnels,
+            shared,
         })
+    }
+
+    /// A read-only view of this emulator's connections, valid while it runs.
+    pub fn view(&self) -> EmulatorView {
+        EmulatorView(self.shared.clone())
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
 use reqwest::StatusCode;
 
 use super::tunnel::Tunnels;
@@ -91,6 +91,26 @@ pub struct WebhookLog {
     pub error: Option<String>,
     pub elapsed: Duration,
     pub attempt: u32,
+    /// The request as sent (shared by the retries); `None` when the abuse-protection handshake
+    /// failed before any request was built.
+    pub request: Option<Arc<WebhookRequest>>,
+    /// The handler's answer, when one came (its status is [`WebhookLog::status`]).
+    pub response: Option<WebhookResponse>,
+}
+
+/// One webhook request exactly as the emulator sent it (the dev page's inspector shows it).
+#[derive(Debug, Clone)]
+pub struct WebhookRequest {
+    pub url: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// The event handler's answer to one webhook attempt.
+#[derive(Debug, Clone)]
+pub struct WebhookResponse {
+    pub headers: HeaderMap,
+    pub body: Bytes,
 }
 
 impl fmt::Display for WebhookLog {
@@ -214,7 +234,7 @@ impl Upstream {
             .replace("{event}", "validate");
         let started = Instant::now();
         if let Err(e) = self.validate(&ctx.hub, &validate_url).await {
-            self.observe(ctx, None, Some(e.to_string()), started, 1);
+            self.observe(ctx, None, Some(e.to_string()), started, 1, None, None);
             return Err(e);
         }
         let (mut headers, body) = build_webhook(ctx, event, &[&self.key])
@@ -222,9 +242,17 @@ impl Upstream {
         if let Some(v) = state.and_then(|s| HeaderValue::from_str(s).ok()) {
             headers.insert("ce-connectionstate", v);
         }
+        let request = self.observer.as_ref().map(|_| {
+            Arc::new(WebhookRequest {
+                url: url.clone(),
+                headers: headers.clone(),
+                body: body.clone(),
+            })
+        });
         let mut attempt = 1;
         loop {
             let started = Instant::now();
+            let mut response = None;
             let result = self
                 .exchange(
                     &ctx.hub,
@@ -235,6 +263,12 @@ impl Upstream {
                 )
                 .await
                 .map(|(status, h, body)| {
+                    if request.is_some() {
+                        response = Some(WebhookResponse {
+                            headers: h.clone(),
+                            body: body.clone(),
+                        });
+                    }
                     let h = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(String::from);
                     UpstreamReply {
                         status,
@@ -245,7 +279,15 @@ impl Upstream {
                 });
             let status = result.as_ref().ok().map(|r| r.status.as_u16());
             let error = result.as_ref().err().map(|e| e.to_string());
-            self.observe(ctx, status, error, started, attempt);
+            self.observe(
+                ctx,
+                status,
+                error,
+                started,
+                attempt,
+                request.clone(),
+                response,
+            );
             let retry = attempt < attempts && status.is_none_or(|s| s >= 500 || s == 408);
             if !retry {
                 return result;
@@ -255,6 +297,7 @@ impl Upstream {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn observe(
         &self,
         ctx: &EventContext,
@@ -262,6 +305,8 @@ impl Upstream {
         error: Option<String>,
         started: Instant,
         attempt: u32,
+        request: Option<Arc<WebhookRequest>>,
+        response: Option<WebhookResponse>,
     ) {
         let log = WebhookLog {
             hub: ctx.hub.clone(),
@@ -271,6 +316,8 @@ impl Upstream {
             error,
             elapsed: started.elapsed(),
             attempt,
+            request,
+            response,
         };
         tracing::debug!(target: "hubhook::emulator", "{log}");
         if let Some(o) = &self.observer {

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use super::{listen, Application, RuntimeError};
 use crate::config::{Config, ConfigError, Defaults, DevArgs, LOCAL_ACCESS_KEY};
 use crate::emulator::{Emulator, EmulatorConfig, HandlerSettings, WebhookLog};
-use crate::service::{client_access, ClientTokenOptions};
+use crate::service::{client_access, ClientTokenOptions, RetryPolicy, ServiceClient};
+use crate::ui::{Backends, DevPage};
 
 /// Runs until Ctrl-C (or SIGTERM): emulator on `HUBHOOK_EMULATOR_PORT` (default 8080), the
 /// function on `PORT` (default 8081).
@@ -42,9 +43,25 @@ pub async fn run(args: &DevArgs) -> Result<(), RuntimeError> {
     // On a laptop a closing tab should say "left" at once: a close frame ends the connection.
     // A dropped socket (no close frame) is still recoverable for 30 s on the reliable protocol.
     emu_config.close_frame_is_final = true;
-    emu_config.on_webhook = Some(Arc::new(|log: &WebhookLog| println!("  {log}")));
+    let page = DevPage::new(fn_addr.port(), config.connection_string.access_key.expose());
+    let feed = page.feed();
+    emu_config.on_webhook = Some(Arc::new(move |log: &WebhookLog| {
+        println!("  {log}");
+        feed.record(log, None);
+    }));
     let emulator = Emulator::with_listener(listener, emu_config)?;
     let emu_addr = emulator.local_addr();
+    let page_url = page.url();
+    let app = app.merge(page.router(Backends {
+        hub: config.hub.clone(),
+        default_room: config.chat.default_room.clone(),
+        service: ServiceClient::new(
+            &config.connection_string,
+            &config.hub,
+            RetryPolicy::default(),
+        )?,
+        emulator: Some(emulator.view()),
+    }));
 
     // Pointed at a real resource (its own connection string): that key is a secret, so neither
     // it, the connection string nor a token-bearing URL is printed.
@@ -70,6 +87,7 @@ pub async fn run(args: &DevArgs) -> Result<(), RuntimeError> {
     } else {
         println!("hubhook dev — FOR LOCAL USE ONLY: the connection string is not the emulator's, so its key and token URLs are shown as <redacted>.");
     }
+    println!("  open the dev page    : {page_url}  (chat, webhook inspector, connections)");
     println!(
         "  Web PubSub emulator : http://{emu_addr}  (hub {:?}; events → {handler})",
         config.hub

@@ -185,6 +185,12 @@ impl Application {
         })
     }
 
+    /// Serves `router`'s routes too (`hubhook dev`'s page); the app's own fallback stays.
+    pub fn merge(mut self, router: Router) -> Application {
+        self.router = self.router.merge(router);
+        self
+    }
+
     pub fn with_limits(mut self, limits: Limits) -> Application {
         self.limits = limits;
         self

@@ -9,6 +9,7 @@ mod support;
 
 mod auth;
 mod boundary;
+mod browser;
 mod chaos;
 mod chat;
 mod compat;

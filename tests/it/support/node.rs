@@ -49,6 +49,25 @@ fn missing() -> Option<&'static str> {
     }
 }
 
+/// Debian's Chromium, which `tests/js/browser.mjs` drives through playwright-core.
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// [`node_or_skip`], and Debian's Chromium at `/usr/bin/chromium` (the dev page's browser test):
+/// without it, skipped with a printed reason, or a failure under `HUBHOOK_REQUIRE_NODE=1`.
+pub fn browser_or_skip(test: &str) -> Option<NodeEnv> {
+    let node = node_or_skip(test)?;
+    if Path::new(CHROMIUM).is_file() {
+        return Some(node);
+    }
+    let why =
+        "/usr/bin/chromium is missing (`apt-get install chromium`; scripts/test.sh installs it)";
+    if std::env::var("HUBHOOK_REQUIRE_NODE").as_deref() == Ok("1") {
+        panic!("{test}: {NEEDS}; {why} (HUBHOOK_REQUIRE_NODE=1: not skipped)");
+    }
+    let _ = writeln!(std::io::stderr(), "skipped {test}: {NEEDS}; {why}");
+    None
+}
+
 /// Node.js and the npm packages are there: runs the scripts in `tests/js`.
 #[derive(Debug, Clone)]
 pub struct NodeEnv {
