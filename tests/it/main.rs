@@ -7,6 +7,7 @@
 
 mod support;
 
+mod azuretable;
 mod boundary;
 mod chaos;
 mod chat;
