@@ -2,8 +2,8 @@
 # Installs the pinned npm packages the tests use (tests/js/package-lock.json: the official
 # @azure/web-pubsub, @azure/web-pubsub-express, @azure/web-pubsub-client SDKs, express, ws,
 # playwright-core (drives Debian's chromium for the dev page test) and
-# dynalite) into tests/js/node_modules. Does nothing when node_modules is already at least as new
-# as package-lock.json; otherwise runs `npm ci` (exact versions from the lockfile).
+# dynalite) into tests/js/node_modules. Does nothing when node_modules was installed from this very
+# package-lock.json (its hash is kept beside it); otherwise runs `npm ci` (exact versions from the lockfile).
 set -euo pipefail
 cd "$(dirname "$0")/../tests/js"
 
@@ -21,10 +21,12 @@ if [ "$major" -lt 20 ]; then
   exit 1
 fi
 
-# npm ci writes node_modules/.package-lock.json last; use it as the "installed" marker.
-marker=node_modules/.package-lock.json
+# The installed lockfile's hash is the marker: an mtime can lie after a checkout, a merge or
+# `npm install --package-lock-only`, a hash cannot.
+marker=node_modules/.hubhook-lock.sha256
 install() {
-  if [ -f "$marker" ] && ! [ "$marker" -ot package-lock.json ]; then
+  want="$(sha256sum package-lock.json | cut -d' ' -f1)"
+  if [ -f "$marker" ] && [ "$(cat "$marker")" = "$want" ]; then
     return 0
   fi
   echo "js-deps.sh: npm ci in tests/js (pinned by package-lock.json)" >&2
@@ -32,7 +34,7 @@ install() {
     echo "js-deps.sh: 'npm ci' failed in tests/js (needs https://registry.npmjs.org or a mirror)" >&2
     exit 1
   }
-  touch "$marker"
+  echo "$want" > "$marker"
 }
 
 # Serialize concurrent callers (parallel test runs) when flock is available.

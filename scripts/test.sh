@@ -33,6 +33,17 @@ if [ -f template.yaml ]; then
   echo "cfn-lint template.yaml: ok"
 fi
 
+# The Azure ARM template: no ARM/Bicep validator installs from the registries here (arm-ttk is
+# PowerShell, Bicep a .NET binary), so this checks it is JSON with the deployment-template shape.
+python3 - azure/azuredeploy.json <<'PY'
+import json, sys
+t = json.load(open(sys.argv[1]))
+assert t["$schema"].endswith("deploymentTemplate.json#"), "not a deployment template"
+for r in t["resources"]:
+    assert {"type", "apiVersion", "name"} <= r.keys(), r.get("name")
+print(f"azure/azuredeploy.json: {len(t['resources'])} resources: ok")
+PY
+
 # Library, binary and integration tests (benches and examples are compiled by clippy in CI).
 # The packages are installed above, so a Node-backed test must run: HUBHOOK_REQUIRE_NODE=1 turns
 # its "skipped" (plain `cargo test` without Node.js) into a failure.

@@ -285,6 +285,10 @@ pub const VARIABLES: &[&str] = &[
     "RUST_LOG",
     "FUNCTIONS_CUSTOMHANDLER_PORT",
     "AWS_ENDPOINT_URL_DYNAMODB",
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_ACCOUNT_URL",
+    "IDENTITY_ENDPOINT",
+    "IDENTITY_HEADER",
 ];
 
 /// Run before the command line is parsed: a variable whose value is not UTF-8 fails with one line
@@ -600,7 +604,7 @@ impl Config {
             },
             store: StoreSpec::parse(a.store.as_deref().unwrap_or("sqlite://hubhook.db"))
                 .map_err(|e| err("HUBHOOK_STORE", e))?,
-            store_options: store_options(a)?,
+            store_options: store_options(a, a.store.as_deref())?,
             auth,
             cors_origins: cors_origins(a.cors_origins.as_deref())?,
             chat,
@@ -668,9 +672,43 @@ fn access_keys(v: Option<&str>) -> Result<Vec<AccessKey>, ConfigError> {
         .collect()
 }
 
-fn store_options(a: &ServeArgs) -> Result<OpenOptions, ConfigError> {
+/// The storage account of an `azuretable://` store: a connection string (shared key), or the
+/// account URL with the managed identity of the Functions host. Read only for that store.
+fn azure_account() -> Result<crate::store::azuretable::Account, ConfigError> {
+    use crate::store::azuretable::Account;
+    let set = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
+    if let Some(cs) = set(env_var("AZURE_STORAGE_CONNECTION_STRING")?) {
+        return Account::from_connection_string(&cs)
+            .map_err(|e| err("AZURE_STORAGE_CONNECTION_STRING", e));
+    }
+    let Some(url) = set(env_var("AZURE_STORAGE_ACCOUNT_URL")?) else {
+        return Err(err(
+            "AZURE_STORAGE_CONNECTION_STRING",
+            "is required by HUBHOOK_STORE=azuretable://… (or AZURE_STORAGE_ACCOUNT_URL with a managed identity)",
+        ));
+    };
+    let endpoint = set(env_var("IDENTITY_ENDPOINT")?).ok_or_else(|| {
+        err(
+            "IDENTITY_ENDPOINT",
+            "is not set: AZURE_STORAGE_ACCOUNT_URL needs the managed identity of an Azure Functions / App Service host",
+        )
+    })?;
+    let header = set(env_var("IDENTITY_HEADER")?)
+        .ok_or_else(|| err("IDENTITY_HEADER", "is not set (see IDENTITY_ENDPOINT)"))?;
+    Account::managed_identity(&url, &endpoint, &header)
+        .map_err(|e| err("AZURE_STORAGE_ACCOUNT_URL", e))
+}
+
+fn store_options(a: &ServeArgs, store: Option<&str>) -> Result<OpenOptions, ConfigError> {
     let local_dynamo = env_var("AWS_ENDPOINT_URL_DYNAMODB")?.is_some_and(|v| !v.is_empty());
+    let azure_account = store
+        .is_some_and(|s| s.starts_with("azuretable://"))
+        .then(azure_account)
+        .transpose()?;
+    // Azurite starts empty; a table in Azure comes from the template.
+    let local_azure = azure_account.as_ref().is_some_and(|a| a.is_local());
     Ok(OpenOptions {
+        azure_account,
         retention_days: a
             .retention_days
             .as_deref()
@@ -680,7 +718,7 @@ fn store_options(a: &ServeArgs) -> Result<OpenOptions, ConfigError> {
         create_table_if_missing: parse_bool(
             "HUBHOOK_CREATE_TABLE",
             a.create_table.as_deref(),
-            local_dynamo,
+            local_dynamo || local_azure,
         )?,
     })
 }

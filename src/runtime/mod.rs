@@ -129,6 +129,9 @@ pub fn build_router_with_store(
             OidcVerifier::new(c.clone()).map_err(RuntimeError::Auth)?,
         )),
     };
+    if let Some(days) = config.store_options.retention_days {
+        crate::store::spawn_retention(store.clone(), days);
+    }
     let chat = Chat::new(store, service, config.chat.clone());
     chat.spawn_sweeper();
     let state = AppState {

@@ -1,9 +1,10 @@
 //! Where chat messages live: the [`MessageStore`] trait and its backends — [`sqlite`] (the
-//! embedded default) and [`dynamodb`].
+//! embedded default), [`dynamodb`] and [`azuretable`] (Azure Table Storage / Azurite).
 //!
 //! Every backend keys a message by room plus an id derived from the event (time + a hash of
 //! connection id and `ce-id`), so the retry of a webhook maps to the row it already wrote.
 
+pub mod azuretable;
 pub mod dynamodb;
 pub mod sqlite;
 
@@ -211,11 +212,13 @@ impl StoreError {
     }
 }
 
-/// Which backend to open, from `HUBHOOK_STORE`: `sqlite://PATH` or `dynamodb://TABLE`.
+/// Which backend to open, from `HUBHOOK_STORE`: `sqlite://PATH`, `dynamodb://TABLE` or
+/// `azuretable://TABLE`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreSpec {
     Sqlite(PathBuf),
     Dynamo { table: String },
+    AzureTable { table: String },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -224,7 +227,9 @@ pub enum StoreSpecError {
     NoPath,
     #[error("{0:?} is not a DynamoDB table name")]
     TableName(String),
-    #[error("{0:?}: expected sqlite://PATH or dynamodb://TABLE")]
+    #[error("{0:?} is not an Azure table name (3-63 letters and digits, starting with a letter)")]
+    AzureTableName(String),
+    #[error("{0:?}: expected sqlite://PATH, dynamodb://TABLE or azuretable://TABLE")]
     Scheme(String),
 }
 
@@ -236,6 +241,9 @@ pub struct OpenOptions {
     /// Create a missing DynamoDB table (a local DynamoDB-compatible server starts empty; a real
     /// table comes from template.yaml and the function's role may not create tables).
     pub create_table_if_missing: bool,
+    /// The Azure storage account of `azuretable://` (from `AZURE_STORAGE_CONNECTION_STRING`, or
+    /// `AZURE_STORAGE_ACCOUNT_URL` with the host's managed identity).
+    pub azure_account: Option<azuretable::Account>,
 }
 
 impl StoreSpec {
@@ -255,6 +263,16 @@ impl StoreSpec {
             Ok(StoreSpec::Dynamo {
                 table: t.to_string(),
             })
+        } else if let Some(t) = s.strip_prefix("azuretable://") {
+            let ok = (3..=63).contains(&t.len())
+                && t.starts_with(|c: char| c.is_ascii_alphabetic())
+                && t.bytes().all(|b| b.is_ascii_alphanumeric());
+            if !ok {
+                return Err(StoreSpecError::AzureTableName(t.to_string()));
+            }
+            Ok(StoreSpec::AzureTable {
+                table: t.to_string(),
+            })
         } else {
             Err(StoreSpecError::Scheme(s.to_string()))
         }
@@ -272,6 +290,21 @@ impl StoreSpec {
                     ..Default::default()
                 };
                 Ok(Arc::new(dynamodb::connect(table, dynamo).await?))
+            }
+            StoreSpec::AzureTable { table } => {
+                let account = opts.azure_account.clone().ok_or_else(|| {
+                    StoreError::Failed(
+                        "azuretable: no account (set AZURE_STORAGE_CONNECTION_STRING, or \
+                         AZURE_STORAGE_ACCOUNT_URL with a managed identity)"
+                            .into(),
+                    )
+                })?;
+                let azure = azuretable::AzureTableOptions {
+                    retention_days: opts.retention_days,
+                    create_table_if_missing: opts.create_table_if_missing,
+                    ..Default::default()
+                };
+                Ok(Arc::new(azuretable::connect(account, table, azure).await?))
             }
         }
     }
@@ -361,7 +394,57 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Whether the store can take a write now (a small real write, not just a connection).
     async fn health(&self) -> Result<(), StoreError>;
 
+    /// Deletes at most `limit` messages whose event time is before `cutoff_ms` (with their
+    /// delivery records), for `HUBHOOK_RETENTION_DAYS`; returns how many entries went. Backends
+    /// with native expiry (DynamoDB's TTL) keep this default, which does nothing.
+    async fn purge_expired(&self, cutoff_ms: i64, limit: usize) -> Result<u64, StoreError> {
+        let _ = (cutoff_ms, limit);
+        Ok(0)
+    }
+
     fn describe(&self) -> String;
+}
+
+/// How often [`spawn_retention`] purges, and how much one round deletes at most.
+pub const RETENTION_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+pub const RETENTION_BATCH: usize = 500;
+pub const RETENTION_MAX_PER_ROUND: u64 = 50_000;
+
+/// One retention round: [`MessageStore::purge_expired`] in batches of [`RETENTION_BATCH`] until
+/// nothing older than `days` is left or [`RETENTION_MAX_PER_ROUND`] entries went.
+pub async fn purge_round(
+    store: &dyn MessageStore,
+    days: u32,
+    now_ms: i64,
+) -> Result<u64, StoreError> {
+    let cutoff = now_ms.saturating_sub(i64::from(days) * 86_400_000);
+    let mut total = 0;
+    while total < RETENTION_MAX_PER_ROUND {
+        let n = store.purge_expired(cutoff, RETENTION_BATCH).await?;
+        total += n;
+        if n < RETENTION_BATCH as u64 {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+/// Runs [`purge_round`] a minute after start (not on the cold-start path), then every
+/// [`RETENTION_EVERY`]. Failures are logged and retried next round.
+pub fn spawn_retention(store: SharedStore, days: u32) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        let mut tick = tokio::time::interval(RETENTION_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match purge_round(&*store, days, now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, days, "retention: purged old messages"),
+                Err(e) => tracing::warn!(error = %e, "retention: purge failed; next round retries"),
+            }
+        }
+    })
 }
 
 pub type SharedStore = Arc<dyn MessageStore>;

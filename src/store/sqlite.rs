@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS messages (
     PRIMARY KEY (room, id)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS messages_delivery ON messages (connection_id, ce_id);
+CREATE INDEX IF NOT EXISTS messages_at ON messages (at_ms);
 CREATE TABLE IF NOT EXISTS deliveries (
     connection_id TEXT    NOT NULL,
     ce_id         TEXT    NOT NULL,
@@ -549,6 +550,31 @@ impl MessageStore for SqliteStore {
             .and_then(|mut s| s.execute(params![now_ms()]))
             .map(drop)
             .map_err(failed)
+        })
+        .await
+    }
+
+    /// Deletes, in one write, up to `limit` messages with an event time before `cutoff_ms`
+    /// (index `messages_at`) and then notice deliveries recorded before it. Unsent broadcasts
+    /// stay in the outbox (the sweeper sends or gives them up).
+    async fn purge_expired(&self, cutoff_ms: i64, limit: usize) -> Result<u64, StoreError> {
+        self.write(move |c| {
+            let messages = c
+                .prepare_cached(
+                    "DELETE FROM messages WHERE (room, id) IN
+                     (SELECT room, id FROM messages WHERE at_ms < ?1 LIMIT ?2)",
+                )
+                .and_then(|mut s| s.execute(params![cutoff_ms, limit as i64]))
+                .map_err(failed)?;
+            let left = limit.saturating_sub(messages) as i64;
+            let deliveries = c
+                .prepare_cached(
+                    "DELETE FROM deliveries WHERE (connection_id, ce_id) IN
+                     (SELECT connection_id, ce_id FROM deliveries WHERE at_ms < ?1 LIMIT ?2)",
+                )
+                .and_then(|mut s| s.execute(params![cutoff_ms, left]))
+                .map_err(failed)?;
+            Ok((messages + deliveries) as u64)
         })
         .await
     }

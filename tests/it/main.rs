@@ -8,6 +8,7 @@
 mod support;
 
 mod auth;
+mod azuretable;
 mod boundary;
 mod browser;
 mod chaos;

@@ -6,12 +6,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::support::{free_port, reply, Dynalite, Script, StandIn};
+use crate::support::{free_port, reply, Azurite, Dynalite, Script, StandIn, AZURITE_KEY};
 use aws_config::BehaviorVersion;
 use aws_sdk_dynamodb::config::{Credentials, Region};
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 use futures_util::future::BoxFuture;
+use hubhook::store::azuretable::{self, Account, AzureTableOptions, AzureTableStore};
 use hubhook::store::dynamodb::{connect_with, DynamoOptions, DynamoStore};
 use hubhook::store::sqlite::SqliteStore;
 use hubhook::store::{
@@ -1073,5 +1074,195 @@ async fn dynamodb_throttling_is_unavailable_and_rejections_fail() {
             unavailable,
             "{code} history: {h:?}"
         );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Azure Table Storage (Azurite)
+
+pub async fn azure_store(server: &Azurite, table: &str) -> AzureTableStore {
+    let account = Account::from_connection_string(&server.connection_string()).expect("account");
+    azuretable::connect(
+        account,
+        table,
+        AzureTableOptions {
+            create_table_if_missing: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azuretable_backend() {
+    let t = Instant::now();
+    let Some(server) = Azurite::start_or_skip("store::azuretable_backend").await else {
+        return;
+    };
+    eprintln!("azurite listening after {:?}", t.elapsed());
+    // A missing table: health is a real write, and fails.
+    let account = Account::from_connection_string(&server.connection_string()).unwrap();
+    let missing = AzureTableStore::new(account, "missing", AzureTableOptions::default()).unwrap();
+    match missing.health().await {
+        Err(StoreError::Failed(reason)) => assert!(reason.contains("TableNotFound"), "{reason}"),
+        other => panic!("health of a missing table: {other:?}"),
+    }
+    let store = azure_store(&server, "messages").await;
+    store.ensure_table().await.expect("ensure_table again");
+    assert_eq!(store.describe(), "azuretable://messages");
+    suite(Arc::new(store)).await;
+}
+
+/// `HUBHOOK_RETENTION_DAYS`: a purge round deletes what is older than the cutoff (messages and
+/// their delivery records: the same delivery is new again), keeps the rest.
+async fn retention(store: &dyn MessageStore) {
+    let now = hubhook::store::now_ms();
+    let day = 86_400_000;
+    let old = msg("ret", "conn-ret", "ce-old", now - 3 * day, "old");
+    let recent = msg("ret", "conn-ret", "ce-new", now - day / 2, "recent");
+    for m in [&old, &recent] {
+        let a = append(store, m.clone()).await.unwrap();
+        store.broadcast_sent(&a.pending.unwrap()).await.unwrap();
+    }
+    assert_eq!(all(store, "ret").await.len(), 2);
+    let deleted = hubhook::store::purge_round(store, 2, now).await.unwrap();
+    assert!(deleted >= 1, "deleted {deleted}");
+    assert_eq!(
+        all(store, "ret")
+            .await
+            .into_iter()
+            .map(|m| m.text)
+            .collect::<Vec<_>>(),
+        ["recent"]
+    );
+    assert_eq!(hubhook::store::purge_round(store, 2, now).await.unwrap(), 0);
+    // Its claim went with it.
+    let again = append(store, old.clone()).await.unwrap();
+    assert!(again.inserted);
+    store.broadcast_sent(&again.pending.unwrap()).await.unwrap();
+    // A purge with the cutoff in the past deletes nothing.
+    assert_eq!(
+        hubhook::store::purge_round(store, 30, now).await.unwrap(),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_on_sqlite_and_azuretable() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::open(dir.path().join("r.db")).unwrap();
+    retention(&sqlite).await;
+    let Some(server) = Azurite::start_or_skip("store::retention_on_sqlite_and_azuretable").await
+    else {
+        return;
+    };
+    retention(&azure_store(&server, "retention").await).await;
+}
+
+#[tokio::test]
+async fn azuretable_down_is_unavailable() {
+    let refused = free_port();
+    let hung = StandIn::start(Script::hang()).await;
+    for (what, endpoint) in [
+        (
+            "refused",
+            format!("http://127.0.0.1:{refused}/devstoreaccount1"),
+        ),
+        ("hung", hung.url("/devstoreaccount1")),
+    ] {
+        let account = Account::from_connection_string(&format!(
+            "AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};TableEndpoint={endpoint}"
+        ))
+        .unwrap();
+        let store = AzureTableStore::new(
+            account,
+            "messages",
+            AzureTableOptions {
+                deadline: DOWN_DEADLINE,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        futures_util::future::join_all([
+            timed(
+                what,
+                "append",
+                Box::pin(async {
+                    append(&store, msg("down", "c", "1", T0, "x"))
+                        .await
+                        .map(drop)
+                }),
+            ),
+            timed(
+                what,
+                "history",
+                Box::pin(async { store.history("down", 10, None).await.map(drop) }),
+            ),
+            timed(
+                what,
+                "due_broadcasts",
+                Box::pin(async { store.due_broadcasts(T0, 10).await.map(drop) }),
+            ),
+            timed(what, "health", Box::pin(store.health())),
+        ])
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn azuretable_throttling_is_retried_then_unavailable() {
+    for (status, code, unavailable) in [
+        (503, "ServerBusy", true),
+        (500, "InternalError", true),
+        (403, "AuthenticationFailed", false),
+        (400, "InvalidInput", false),
+    ] {
+        let body = format!(
+            r#"{{"odata.error":{{"code":"{code}","message":{{"lang":"en-US","value":"simulated {code}"}}}}}}"#
+        );
+        let server = StandIn::start(Script::handler(move |_| {
+            Some(
+                reply(status)
+                    .body("application/json", body.as_bytes())
+                    .header("x-ms-request-id", "REQ1"),
+            )
+        }))
+        .await;
+        let account = Account::from_connection_string(&format!(
+            "AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};TableEndpoint={}",
+            server.url("/devstoreaccount1")
+        ))
+        .unwrap();
+        let store = AzureTableStore::new(
+            account,
+            "messages",
+            AzureTableOptions {
+                deadline: Duration::from_secs(3),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let r = append(&store, msg("e", "c", "1", T0, "x")).await;
+        let attempts = server.requests().len();
+        eprintln!("{code}: {attempts} attempts: {r:?}");
+        assert!(
+            !format!("{r:?}").contains(AZURITE_KEY),
+            "no key in the reason"
+        );
+        match r {
+            Err(StoreError::Unavailable(reason)) if unavailable => {
+                assert!(reason.contains(code) && reason.contains("REQ1"), "{reason}");
+                assert!(attempts > 1, "{code}: retried ({attempts} attempts)");
+            }
+            Err(StoreError::Failed(reason)) if !unavailable => {
+                assert!(
+                    reason.contains(code) && reason.contains("simulated"),
+                    "{reason}"
+                );
+                assert_eq!(attempts, 1, "{code}: not retried");
+            }
+            other => panic!("{code}: {other:?}"),
+        }
     }
 }

@@ -292,3 +292,128 @@ impl Drop for Dynalite {
         let _ = self.child.wait();
     }
 }
+
+/// An Azurite Table server (npm `azurite`, pinned in tests/js) on a free loopback port, with its
+/// data on disk in a temporary directory, so it can be stopped and started again on the same
+/// port with the same tables; killed on drop.
+pub struct Azurite {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+/// Azurite's published development account key (not a secret).
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+impl Azurite {
+    /// A running Azurite, or `None` (skipped, see [`node_or_skip`]) without Node.js.
+    pub async fn start_or_skip(test: &str) -> Option<Azurite> {
+        let node = node_or_skip(test)?;
+        node.require(&["azurite"]);
+        let mut last = String::new();
+        for _ in 0..3 {
+            let mut a = Azurite {
+                child: None,
+                port: free_port(),
+                dir: tempfile::tempdir().unwrap(),
+            };
+            match a.run().await {
+                Ok(()) => return Some(a),
+                Err(e) => last = e,
+            }
+        }
+        panic!("{last}\n{HOW_TO_INSTALL}");
+    }
+
+    pub fn connection_string(&self) -> String {
+        format!(
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};\
+             TableEndpoint=http://127.0.0.1:{}/devstoreaccount1;",
+            self.port
+        )
+    }
+
+    async fn run(&mut self) -> Result<(), String> {
+        let cli = js_dir().join("node_modules/azurite/dist/src/table/main.js");
+        let log = self.dir.path().join("azurite.log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut child = Command::new("node")
+            .arg(&cli)
+            .args(["--tableHost", "127.0.0.1", "--tablePort"])
+            .arg(self.port.to_string())
+            .arg("--location")
+            .arg(self.dir.path())
+            .args(["--silent", "--skipApiVersionCheck", "--disableTelemetry"])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run `node` ({e}): {HOW_TO_INSTALL}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Err(format!(
+                    "azurite exited with {status}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                ));
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                self.child = Some(child);
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "azurite did not listen on {} within 30 s: {}",
+            self.port,
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    /// Stops the server with SIGTERM (it saves its data to disk then: its in-memory database
+    /// would lose the last seconds to a SIGKILL), SIGKILL after 10 s.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on the pid of a child we own and have not reaped.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGCONT);
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if c.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the server: connections are accepted by the kernel
+    /// and never answered while frozen; nothing is lost.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(c) = &self.child {
+            let sig = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+            // SAFETY: kill(2) on the pid of a child we own and have not reaped.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
