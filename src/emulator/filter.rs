@@ -14,8 +14,10 @@ enum Expr {
     Var(String),
     List(Vec<Expr>),
     Not(Box<Expr>),
-    And(Box<Expr>, Box<Expr>),
-    Or(Box<Expr>, Box<Expr>),
+    /// Two or more terms: a chain is one flat node, so evaluating and dropping a filter of a
+    /// thousand `and`s does not recurse a thousand deep (that overflowed a 2 MiB stack).
+    And(Vec<Expr>),
+    Or(Vec<Expr>),
     Cmp(String, Box<Expr>, Box<Expr>),
     Call(String, Vec<Expr>),
 }
@@ -134,6 +136,15 @@ fn lex(s: &str) -> Result<Vec<Tok>, FilterError> {
     Ok(out)
 }
 
+/// One term as itself, more as one `And`/`Or` node.
+fn flat(mut terms: Vec<Expr>, node: fn(Vec<Expr>) -> Expr) -> Expr {
+    if terms.len() == 1 {
+        terms.pop().unwrap_or(Expr::Lit(Value::Null))
+    } else {
+        node(terms)
+    }
+}
+
 struct Parser {
     toks: Vec<Tok>,
     pos: usize,
@@ -154,26 +165,34 @@ impl Parser {
         if self.depth > 64 {
             return Err(FilterError::TooDeep);
         }
-        let mut l = self.and()?;
+        let mut terms = vec![self.and()?];
         while self.peek_word("or") {
             self.pos += 1;
-            l = Expr::Or(Box::new(l), Box::new(self.and()?));
+            terms.push(self.and()?);
         }
         self.depth -= 1;
-        Ok(l)
+        Ok(flat(terms, Expr::Or))
     }
     fn and(&mut self) -> Result<Expr, FilterError> {
-        let mut l = self.unary()?;
+        let mut terms = vec![self.unary()?];
         while self.peek_word("and") {
             self.pos += 1;
-            l = Expr::And(Box::new(l), Box::new(self.unary()?));
+            terms.push(self.unary()?);
         }
-        Ok(l)
+        Ok(flat(terms, Expr::And))
     }
     fn unary(&mut self) -> Result<Expr, FilterError> {
         if self.peek_word("not") {
             self.pos += 1;
-            return Ok(Expr::Not(Box::new(self.unary()?)));
+            // `not` nests like a parenthesis: without the limit, a filter of 2000 `not`s
+            // overflowed a worker thread's stack (debug build, 2 MiB), aborting the emulator.
+            self.depth += 1;
+            if self.depth > 64 {
+                return Err(FilterError::TooDeep);
+            }
+            let e = self.unary()?;
+            self.depth -= 1;
+            return Ok(Expr::Not(Box::new(e)));
         }
         let l = self.operand()?;
         for op in ["eq", "ne", "gt", "ge", "lt", "le", "in"] {
@@ -269,12 +288,8 @@ fn eval(e: &Expr, vars: &HashMap<&str, Value>) -> Value {
         Expr::Var(n) => vars.get(n.as_str()).cloned().unwrap_or(Value::Null),
         Expr::List(items) => Value::Array(items.iter().map(|i| eval(i, vars)).collect()),
         Expr::Not(x) => Value::Bool(eval(x, vars) != Value::Bool(true)),
-        Expr::And(a, b) => {
-            Value::Bool(eval(a, vars) == Value::Bool(true) && eval(b, vars) == Value::Bool(true))
-        }
-        Expr::Or(a, b) => {
-            Value::Bool(eval(a, vars) == Value::Bool(true) || eval(b, vars) == Value::Bool(true))
-        }
+        Expr::And(terms) => Value::Bool(terms.iter().all(|t| eval(t, vars) == Value::Bool(true))),
+        Expr::Or(terms) => Value::Bool(terms.iter().any(|t| eval(t, vars) == Value::Bool(true))),
         Expr::Cmp(op, a, b) => {
             let (a, b) = (eval(a, vars), eval(b, vars));
             let ord = match (&a, &b) {
@@ -388,5 +403,45 @@ mod tests {
         ] {
             assert_eq!(Filter::parse(bad).unwrap_err().to_string(), reason, "{bad}");
         }
+    }
+
+    #[test]
+    fn the_deepest_filter_fits_a_worker_threads_stack() {
+        // The REST API parses and evaluates on a tokio worker (2 MiB stack), and a debug build
+        // has the largest frames. 2000 `not`s (the token limit) used to overflow it.
+        let on_worker_stack = |f: String| {
+            std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn(move || Filter::parse(&f).map(|f| f.eval(&HashMap::new())))
+                .unwrap()
+                .join()
+                .unwrap()
+        };
+        assert_eq!(
+            on_worker_stack(format!("{}true", "not ".repeat(1999))),
+            Err(FilterError::TooDeep)
+        );
+        assert_eq!(
+            on_worker_stack(format!("{}true", "not ".repeat(62))),
+            Ok(true)
+        );
+        assert_eq!(
+            on_worker_stack(format!("{}(true)", "not (".repeat(40))),
+            Err(FilterError::TooDeep)
+        );
+        // The deepest nesting the limit lets through.
+        let parens = format!("{}true{}", "(".repeat(63), ")".repeat(63));
+        assert_eq!(on_worker_stack(parens), Ok(true));
+        let calls = format!("{}'A'{} eq 'a'", "tolower(".repeat(62), ")".repeat(62));
+        assert_eq!(on_worker_stack(calls), Ok(true));
+        // Chains of `and`/`or` are one flat node each.
+        assert_eq!(
+            on_worker_stack(format!("{}true", "true and ".repeat(999))),
+            Ok(true)
+        );
+        assert_eq!(
+            on_worker_stack(format!("{}true", "false or ".repeat(999))),
+            Ok(true)
+        );
     }
 }

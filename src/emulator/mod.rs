@@ -61,6 +61,43 @@ pub use upstream::{
     WebhookResponse,
 };
 
+/// Entry points for the fuzz targets (`fuzz/`) into the private client-frame parser and token
+/// checks. Not API: thin wrappers with plain types, so `frame` and `auth` stay private.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::frame::{self, ClientFrame};
+    use super::{auth, AccessKey};
+
+    /// `frame::parse`, then the data decoding the handler runs on a frame's payload. `Ok`: the
+    /// `ackId` and the frame's `type`; `Err`: the close code.
+    pub fn client_frame(payload: &[u8]) -> Result<(Option<u64>, &'static str), u16> {
+        let (ack_id, frame) = frame::parse(payload).map_err(|e| e.code())?;
+        let kind = frame.kind();
+        match frame {
+            ClientFrame::SendToGroup(m) => drop(m.payload.decode()),
+            ClientFrame::Event(e) => drop(e.payload.decode()),
+            ClientFrame::Invoke(i) => drop(i.payload.decode()),
+            _ => {}
+        }
+        Ok((ack_id, kind))
+    }
+
+    /// `auth::verify_client_token`; the error as its text.
+    pub fn verify_client_token(key: &str, token: &str, hub: &str) -> Result<auth::Claims, String> {
+        auth::verify_client_token(&AccessKey::new(key), token, hub).map_err(|e| e.to_string())
+    }
+
+    /// `auth::verify_rest_token`; the error as its text.
+    pub fn verify_rest_token(
+        key: &str,
+        authorization: Option<&str>,
+        request_path: &str,
+    ) -> Result<(), String> {
+        auth::verify_rest_token(&AccessKey::new(key), authorization, request_path)
+            .map_err(|e| e.to_string())
+    }
+}
+
 use crate::protocol::{DisconnectedRequest, Event, EventContext, EventData, UserEvent};
 use crate::runtime::listener::Limits;
 use crate::service::{AccessKey, ConnectionString};

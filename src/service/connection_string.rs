@@ -96,6 +96,28 @@ impl ConnectionString {
                 }
             }
         }
+        // `url` lets `;` and `=` into a domain (even by IDNA mapping: U+037E becomes `;`), and a
+        // connection string cannot carry them back (found by fuzz/connection_string).
+        if let Some(url::Host::Domain(d)) = url.host() {
+            if !d
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+            {
+                return Err(invalid("the host is not a DNS name"));
+            }
+        }
+        // `user[:password]@` would ride along in every REST URL, audience and `Debug` line, and
+        // `to_secret_string` drops it (found by fuzz/connection_string). Not echoed: it may hold a
+        // password.
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(ServiceError::ConnectionString(
+                "invalid Endpoint: a user name or password in it is not supported".into(),
+            ));
+        }
+        // As for `Port=` (found by fuzz/connection_string: `x:0` parsed, then failed to round-trip).
+        if url.port() == Some(0) {
+            return Err(invalid("port 0"));
+        }
         if port.is_some() {
             url.set_port(port)
                 .map_err(|_| invalid("cannot carry a port"))?;
@@ -334,5 +356,45 @@ mod tests {
         );
         let c = ConnectionString::parse(&format!("Endpoint=https://x;AccessKey={KEY}")).unwrap();
         assert!(!format!("{c:?} {:?} {}", c.access_key, c.access_key).contains(KEY));
+    }
+
+    #[test]
+    fn refuses_credentials_in_the_endpoint() {
+        // fuzz/connection_string, minimised: `p@` made an origin `https://p@abcjk` that
+        // `to_secret_string` wrote back as `https://abcjk`.
+        for s in [
+            "Endpoint=p@ABCJK;Accesskey=A\u{1}\0;",
+            "Endpoint=https://user:secret@contoso.webpubsub.azure.com;AccessKey=k",
+            "Endpoint=https://:secret@contoso.webpubsub.azure.com;AccessKey=k",
+        ] {
+            let e = ConnectionString::parse(s).unwrap_err().to_string();
+            assert!(e.contains("user name or password"), "{s}: {e}");
+            assert!(!e.contains("secret"), "{e}");
+        }
+    }
+
+    #[test]
+    fn refuses_port_0_in_the_endpoint_as_in_port() {
+        // fuzz/connection_string, minimised: parsed, but `to_secret_string` wrote `Port=0`.
+        let e = ConnectionString::parse("Endpoint=nte:0/;AccessKey=ub").unwrap_err();
+        assert!(e.to_string().contains("port 0"), "{e}");
+        assert!(
+            ConnectionString::parse("Endpoint=http://localhost:0;Port=8080;AccessKey=k").is_err()
+        );
+    }
+
+    #[test]
+    fn refuses_hosts_a_connection_string_cannot_carry() {
+        // fuzz/connection_string: U+037E (Greek question mark) maps to `;` under IDNA, so the
+        // host `x;y` came back from `to_secret_string` as two segments.
+        for s in [
+            "Endpoint=https://a\u{37e}b.example;AccessKey=k",
+            "Endpoint=https://a=b.example;AccessKey=k",
+        ] {
+            let e = ConnectionString::parse(s).unwrap_err().to_string();
+            assert!(e.contains("not a DNS name"), "{s}: {e}");
+        }
+        let ok = ConnectionString::parse("Endpoint=https://B\u{fc}cher_1.example;AccessKey=k");
+        assert_eq!(ok.unwrap().host(), "xn--bcher_1-n2a.example");
     }
 }
