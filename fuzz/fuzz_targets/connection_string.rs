@@ -54,6 +54,12 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let with_canary = ConnectionString::parse(&swapped);
+    // hubhook refuses an endpoint that carries its own access key (a pasted key must not end up
+    // in a URL or a log), so where the key or the canary also stands outside `AccessKey=` the
+    // outcome rightly depends on the key's value: only "no panic" holds there.
+    if rest.contains(&key) || rest.contains(CANARY) {
+        return;
+    }
 
     match (&parsed, &with_canary) {
         (Ok(cs), Ok(canary)) => {
@@ -71,11 +77,9 @@ fuzz_target!(|data: &[u8]| {
         (Err(e), Err(canary)) => {
             // The error is the same whatever the key is...
             assert_eq!(e, canary, "the error depends on the key's value");
-            // ...and a key that cannot be mistaken for other text never shows in it.
-            if !rest.contains(CANARY) {
-                let text = canary.to_string();
-                assert!(!text.contains(CANARY), "{text:?} leaks the key");
-            }
+            // ...and it never shows the key.
+            let text = canary.to_string();
+            assert!(!text.contains(CANARY), "{text:?} leaks the key");
         }
         (a, b) => panic!("the outcome depends on the key's value: {a:?} vs {b:?}"),
     }
