@@ -212,6 +212,13 @@ impl TestApp {
             .await
             .unwrap()
     }
+
+    /// How many messages the room's first history page holds.
+    pub async fn history_len(&self, room: &str) -> usize {
+        self.history(room).await["messages"]
+            .as_array()
+            .map_or(0, Vec::len)
+    }
 }
 
 /// Decodes a bearer JWT after checking its HS256 signature with `key` (no aud/exp policy here:
