@@ -223,15 +223,22 @@ fn start(
         Some(p) => ws.protocols([p]),
         None => ws,
     };
-    ws.on_upgrade(move |socket| async move {
-        // Visible (REST, groups) only once the socket is up.
-        s.registry.with(&conn.hub, |h| {
-            h.conns.insert(conn.id.clone(), conn.clone());
-            for g in &groups {
-                h.join(g, &conn.id);
-            }
-        });
-        session::run(s, conn, socket, simple_mode, session::Start::New).await;
+    // Visible (REST, groups) before the `101` goes out, as in the service: a client that sends
+    // nothing but waits for `open` and then asks the server to message it must be reached.
+    s.registry.with(&conn.hub, |h| {
+        h.conns.insert(conn.id.clone(), conn.clone());
+        for g in &groups {
+            h.join(g, &conn.id);
+        }
+    });
+    let attached = session::attach(&s, &conn);
+    let (s2, conn2) = (s.clone(), conn.clone());
+    ws.on_failed_upgrade(move |e| {
+        tracing::debug!(target: "hubhook::emulator", conn = %conn2.id, "upgrade failed: {e}");
+        tokio::spawn(async move { s2.finish(&conn2, "the WebSocket upgrade failed").await });
+    })
+    .on_upgrade(move |socket| async move {
+        session::run(s, conn, socket, simple_mode, session::Start::New, attached).await;
     })
 }
 
@@ -334,12 +341,15 @@ fn recover(
             };
             tracing::info!(target: "hubhook::emulator", conn = %conn.id, "reliable connection recovered");
             ws.on_upgrade(move |socket| async move {
+                // A failed recovery upgrade leaves the old socket's state as it was.
+                let attached = session::attach(&s, &conn);
                 session::run(
                     s,
                     conn,
                     socket,
                     SimpleMode::SendEvent,
                     session::Start::Recovered,
+                    attached,
                 )
                 .await;
             })

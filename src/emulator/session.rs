@@ -46,15 +46,20 @@ enum End {
     Cut,
 }
 
-pub async fn run(
-    s: Arc<Shared>,
-    conn: Arc<Conn>,
-    socket: WebSocket,
-    mode: SimpleMode,
-    start: Start,
-) {
+/// A connection's outbound side, attached before its socket is up: what the service sends from
+/// the moment the client can see `open` is queued, after `connected`, and none of it is lost to
+/// the gap between the `101` and the upgraded socket's first poll.
+pub struct Attached {
+    tx: Outq,
+    frames: Frames,
+    cut: Cut,
+    generation: u64,
+}
+
+/// `connected` goes first, before any replay (a recovered reliable connection's unacked
+/// messages) and before any client frame is read.
+pub fn attach(s: &Shared, conn: &Conn) -> Attached {
     let (tx, frames, cut) = queue::queue(s.outbound_limit);
-    // `connected` goes first, before any replay and before any client frame is read.
     if conn.proto != Proto::Simple {
         let mut connected = json!({"type": "system", "event": "connected", "userId": conn.user_id, "connectionId": conn.id});
         if conn.proto == Proto::Reliable {
@@ -63,6 +68,28 @@ pub async fn run(
         tx.push_anyway(Frame::text(connected.to_string()));
     }
     let generation = conn.attach(tx.clone());
+    Attached {
+        tx,
+        frames,
+        cut,
+        generation,
+    }
+}
+
+pub async fn run(
+    s: Arc<Shared>,
+    conn: Arc<Conn>,
+    socket: WebSocket,
+    mode: SimpleMode,
+    start: Start,
+    attached: Attached,
+) {
+    let Attached {
+        tx,
+        frames,
+        cut,
+        generation,
+    } = attached;
     if start == Start::New {
         let (s2, c2) = (s.clone(), conn.clone());
         conn.set_connected_hook(tokio::spawn(async move {

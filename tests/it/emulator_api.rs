@@ -987,6 +987,43 @@ async fn server_close_and_close_frame_policy() {
 // Plain WebSocket clients
 // ------------------------------------------------------------------------------------------
 
+/// A client that sends nothing, waits for `open` and has the server message it at once (the
+/// official SDK's e2e does this) must get the message: the connection is registered before the
+/// `101`, not when the upgraded socket is first polled. Many rounds, since the gap was a race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_is_reachable_as_soon_as_its_handshake_returns() {
+    let mut c = EmulatorConfig::local(0, vec![]);
+    c.upstream_timeout = Duration::from_millis(800);
+    let emulator = Emulator::bind(c).await.unwrap();
+    let view = emulator.view();
+    let emu = emulator.spawn();
+    let svc = service(&emu);
+    for round in 0..200 {
+        let user = format!("early{round}");
+        let u = url(&emu, "chat", &token(&emu, "chat", Some(&user), &[]));
+        let (mut plain, _) = connect(&u, None).await.unwrap();
+        // Checked before this task yields again.
+        let known = view
+            .connections()
+            .iter()
+            .any(|c| c.user_id.as_deref() == Some(&*user));
+        assert!(known, "round {round}: connected but not registered");
+        let u = url(&emu, "chat", &token(&emu, "chat", Some(&user), &[]));
+        let (mut json, _) = connect(&u, Some(JSON_V1)).await.unwrap();
+        svc.send_to_user(&user, &text("now"), &SendOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            next_msg(&mut plain).await,
+            Some(Message::text("now")),
+            "round {round}"
+        );
+        // A JSON client still sees `connected` first, then the message.
+        assert_eq!(recv(&mut json).await["event"], "connected", "round {round}");
+        assert_eq!(recv(&mut json).await["data"], "now", "round {round}");
+    }
+}
+
 #[tokio::test]
 async fn plain_clients_get_raw_frames_and_are_closed_when_the_handler_fails() {
     let stub = Stub::start(|h| {
