@@ -19,7 +19,7 @@ pub async fn run(args: &DevArgs) -> Result<(), RuntimeError> {
     let emu_bind = SocketAddr::from(([127, 0, 0, 1], args.emulator_port()?));
     let mut serve = args.serve.clone();
     serve.read_connection_string()?;
-    if super::tunnel::names_real_resource(&serve) {
+    if super::tunnel::names_another_service(&serve, emu_bind.port()) {
         return super::tunnel::dev(&serve).await;
     }
     let listener = listen("HUBHOOK_EMULATOR_PORT", emu_bind).await?;
@@ -61,6 +61,7 @@ pub async fn run(args: &DevArgs) -> Result<(), RuntimeError> {
             RetryPolicy::default(),
         )?,
         emulator: Some(emulator.view()),
+        tunnel: None,
     }));
 
     // Pointed at a real resource (its own connection string): that key is a secret, so neither

@@ -3,8 +3,9 @@
 
 use super::{shutdown_signal, Application, RuntimeError};
 use crate::config::{Config, ConfigError, Defaults, ServeArgs, TunnelArgs};
-use crate::service::ConnectionString;
+use crate::service::{ConnectionString, RetryPolicy, ServiceClient};
 use crate::tunnel::{self, TunnelConfig, TunnelError};
+use crate::ui::{Backends, DevPage, TunnelStatus};
 
 /// Until Ctrl-C / SIGTERM, or until the service closes the tunnel.
 pub async fn run(args: &TunnelArgs) -> Result<(), RuntimeError> {
@@ -20,14 +21,21 @@ async fn run_tunnel(config: TunnelConfig) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-/// True when `hubhook dev`'s connection string (already read) names a resource that is not on
-/// this machine: then `dev` tunnels it instead of starting the emulator.
-pub fn names_real_resource(serve: &ServeArgs) -> bool {
+/// True when `hubhook dev`'s connection string (already read) names a service other than the
+/// emulator `dev` would start on `emulator_port`: a resource not on this machine, or a service on
+/// another loopback port (an emulator already running, standing in for a resource). Then `dev`
+/// tunnels that service's hub instead of starting its own emulator.
+pub fn names_another_service(serve: &ServeArgs, emulator_port: u16) -> bool {
     serve
         .connection_string
         .as_deref()
         .and_then(|cs| ConnectionString::parse(cs).ok())
-        .is_some_and(|cs| !cs.is_loopback())
+        .is_some_and(|cs| {
+            let port = url::Url::parse(cs.origin())
+                .ok()
+                .and_then(|u| u.port_or_known_default());
+            !cs.is_loopback() || port != Some(emulator_port)
+        })
 }
 
 /// `dev` with a real resource's connection string (already read into `serve`).
@@ -42,18 +50,41 @@ pub async fn dev(serve: &ServeArgs) -> Result<(), RuntimeError> {
     }
     let app = Application::build(&config).await?;
     let fn_addr = app.local_addr();
+    let upstream = format!("http://{fn_addr}");
     let tunnel = TunnelArgs {
         hub: Some(config.hub.clone()),
-        upstream: Some(format!("http://{fn_addr}")),
+        upstream: Some(upstream.clone()),
         connection_string: serve.connection_string.clone(),
         ..Default::default()
     }
     .config()?;
+    // The same page as with the emulator: its inspector lists the tunnelled webhooks (signatures
+    // checked, replays re-signed, with the resource's key), its Service view the tunnel.
+    let endpoint = config.connection_string.origin().to_string();
+    let page = DevPage::new(fn_addr.port(), config.connection_string.access_key.expose());
+    let status = TunnelStatus::new(&endpoint, &config.hub, &upstream);
+    let observer = status.observer(page.feed());
+    let page_url = page.url();
+    let app = app.merge(page.router(Backends {
+        hub: config.hub.clone(),
+        default_room: config.chat.default_room.clone(),
+        // "Send to room" goes through the resource's own REST API.
+        service: ServiceClient::new(
+            &config.connection_string,
+            &config.hub,
+            RetryPolicy::default(),
+        )?,
+        emulator: None,
+        tunnel: Some(status),
+    }));
     let room = &config.chat.default_room;
-    println!(
-        "hubhook dev — against {} (a real resource; no emulator started).",
-        config.connection_string.origin()
-    );
+    let what = if config.connection_string.is_loopback() {
+        "a service on this machine, not dev's own emulator"
+    } else {
+        "a real resource"
+    };
+    println!("hubhook dev — against {endpoint} ({what}; no emulator started).");
+    println!("  open the dev page : {page_url}  (chat, webhook inspector, tunnel)");
     println!(
         "  the hub {:?}'s event handler must be tunnel:///eventhandler (see the README)",
         config.hub
@@ -64,7 +95,7 @@ pub async fn dev(serve: &ServeArgs) -> Result<(), RuntimeError> {
     println!("  store         : {:?}", config.store);
     tokio::select! {
         r = app.run() => r?,
-        r = tunnel::run(tunnel) => r?,
+        r = tunnel::run_observed(tunnel, observer) => r?,
     }
     Ok(())
 }

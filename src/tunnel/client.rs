@@ -15,9 +15,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::dial::{dial_url, Dial};
-use super::forward::forward;
+use super::forward::forward_in_full;
 use super::frame::{decode_frame, Connected, Message, Redirect};
-use super::{TunnelConfig, TunnelError};
+use super::{Observer, TunnelConfig, TunnelError, TunnelEvent};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -32,11 +32,29 @@ struct Shared {
     /// `sub` of every connection's token: one id per tunnel.
     tunnel_id: String,
     http: reqwest::Client,
+    observer: Option<Observer>,
+}
+
+impl Shared {
+    fn tell(&self, event: impl FnOnce() -> TunnelEvent) {
+        if let Some(o) = &self.observer {
+            o(event());
+        }
+    }
 }
 
 /// Runs the tunnel until the service closes every connection (an error) or the first connect
 /// fails. Ctrl-C is the caller's to select on.
 pub async fn run(config: TunnelConfig) -> Result<(), TunnelError> {
+    start(config, None).await
+}
+
+/// [`run`], telling `observer` each connection change and each forwarded webhook in full.
+pub async fn run_observed(config: TunnelConfig, observer: Observer) -> Result<(), TunnelError> {
+    start(config, Some(observer)).await
+}
+
+async fn start(config: TunnelConfig, observer: Option<Observer>) -> Result<(), TunnelError> {
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .build()
@@ -48,6 +66,7 @@ pub async fn run(config: TunnelConfig) -> Result<(), TunnelError> {
         tunnel_id: uuid::Uuid::new_v4().to_string(),
         config,
         http,
+        observer,
     });
     let first = Dial {
         endpoint: shared.config.connection_string.origin().to_string(),
@@ -59,7 +78,11 @@ pub async fn run(config: TunnelConfig) -> Result<(), TunnelError> {
         shared.config.hub,
         redact_query(&shared.config.upstream)
     );
-    let (socket, connected) = connect(&shared, &first).await?;
+    let (socket, connected) = connect_told(&shared, &first).await?;
+    shared.tell(|| TunnelEvent::Connected {
+        connection_id: connected.connection_id.clone(),
+        endpoint: describe(&first),
+    });
     println!(
         "hubhook tunnel: connected (connection {}); forwarding webhooks to {}",
         connected.connection_id,
@@ -121,13 +144,17 @@ async fn slot(
     loop {
         let (ws, connected) = match socket.take() {
             Some(s) => s,
-            None => match connect(&shared, &dial).await {
+            None => match connect_told(&shared, &dial).await {
                 Ok((ws, c)) => {
                     println!(
                         "hubhook tunnel: connected to {} (connection {})",
                         describe(&dial),
                         c.connection_id
                     );
+                    shared.tell(|| TunnelEvent::Connected {
+                        connection_id: c.connection_id.clone(),
+                        endpoint: describe(&dial),
+                    });
                     failures = 0;
                     (ws, c)
                 }
@@ -138,6 +165,10 @@ async fn slot(
                         "hubhook tunnel: reconnect failed: {e}; retrying in {:.0} s",
                         wait.as_secs_f64().max(1.0)
                     );
+                    shared.tell(|| TunnelEvent::RetryFailed {
+                        error: e.to_string(),
+                        retry_in: wait.max(Duration::from_secs(1)),
+                    });
                     tokio::time::sleep(wait.max(Duration::from_secs(1))).await;
                     continue;
                 }
@@ -149,6 +180,10 @@ async fn slot(
                     "hubhook tunnel: connection {} lost ({why}); reconnecting",
                     connected.connection_id
                 );
+                shared.tell(|| TunnelEvent::Lost {
+                    connection_id: connected.connection_id.clone(),
+                    reason: why,
+                });
                 if failures > 0 {
                     tokio::time::sleep(backoff(failures)).await;
                 }
@@ -162,6 +197,10 @@ async fn slot(
                     reason(&r.message)
                 );
                 dial = redirect_dial(&dial, &r);
+                shared.tell(|| TunnelEvent::Moved {
+                    connection_id: connected.connection_id.clone(),
+                    endpoint: describe(&dial),
+                });
                 failures = 0;
             }
             End::Close(message) => {
@@ -170,6 +209,10 @@ async fn slot(
                     connected.connection_id,
                     reason(&message)
                 );
+                shared.tell(|| TunnelEvent::Closed {
+                    connection_id: connected.connection_id.clone(),
+                    message: message.clone(),
+                });
                 return message;
             }
         }
@@ -201,6 +244,14 @@ fn backoff(failures: u32) -> Duration {
         return Duration::ZERO;
     }
     Duration::from_secs(1u64 << (failures - 1).min(6)).min(BACKOFF_CAP)
+}
+
+/// [`connect`], telling the observer it dials.
+async fn connect_told(shared: &Shared, dial: &Dial) -> Result<(Socket, Connected), TunnelError> {
+    shared.tell(|| TunnelEvent::Connecting {
+        endpoint: describe(dial),
+    });
+    connect(shared, dial).await
 }
 
 /// Dials and waits for `ConnectionConnected`, both under the connect timeout.
@@ -340,9 +391,10 @@ async fn serve(shared: &Arc<Shared>, ws: Socket, spawn: &mpsc::UnboundedSender<D
                     let (s, tx) = (shared.clone(), tx.clone());
                     tokio::spawn(async move {
                         let c = &s.config;
-                        let (resp, log) =
-                            forward(&s.http, &c.upstream, c.upstream_timeout, req).await;
-                        println!("  {log}");
+                        let (resp, forwarded) =
+                            forward_in_full(&s.http, &c.upstream, c.upstream_timeout, req).await;
+                        println!("  {}", forwarded.log);
+                        s.tell(|| TunnelEvent::Forwarded(Arc::new(forwarded)));
                         let _ = tx.send(WsMessage::Binary(
                             Message::HttpResponse(resp).encode().into(),
                         ));
@@ -361,6 +413,9 @@ async fn serve(shared: &Arc<Shared>, ws: Socket, spawn: &mpsc::UnboundedSender<D
                         describe(&dial),
                         reason(&r.message)
                     );
+                    shared.tell(|| TunnelEvent::Added {
+                        endpoint: describe(&dial),
+                    });
                     let _ = spawn.send(dial);
                 }
                 Ok(Message::ConnectionReconnect(r)) => end = Some(End::Reconnect(r)),

@@ -55,6 +55,39 @@ impl fmt::Display for ForwardLog {
     }
 }
 
+/// One forwarded webhook in full, for `hubhook dev`'s inspector: the request as sent to the
+/// upstream (hop-by-hop headers left out, as forwarded) and the answer the service got back.
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    pub log: ForwardLog,
+    /// The upstream URL called, query included; `None` when the request's URL did not map to one.
+    pub url: Option<String>,
+    pub request_headers: Vec<(String, String)>,
+    pub request_body: Bytes,
+    /// The answer the service got: the upstream's, or the tunnel's own 502 / 400 (then
+    /// [`ForwardLog::error`] says why).
+    pub status: u16,
+    pub response_headers: Vec<(String, String)>,
+    pub response_body: Bytes,
+}
+
+impl Forwarded {
+    /// A request header's first value, by name (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.request_headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn forwarded_headers(h: &Headers) -> Vec<(String, String)> {
+    h.iter()
+        .filter(|(n, _)| !HOP_BY_HOP.iter().any(|hop| n.eq_ignore_ascii_case(hop)))
+        .flat_map(|(n, vs)| vs.iter().map(move |v| (n.clone(), v.clone())))
+        .collect()
+}
+
 /// The upstream URL for a request's `Url`: the upstream's path + the request's path, the
 /// upstream's query then the request's. A `Url` that is not absolute is taken as a path.
 pub fn upstream_url(upstream: &url::Url, request_url: &str) -> Result<url::Url, String> {
@@ -94,6 +127,17 @@ pub async fn forward(
     timeout: Duration,
     req: HttpRequest,
 ) -> (HttpResponse, ForwardLog) {
+    let (resp, forwarded) = forward_in_full(http, upstream, timeout, req).await;
+    (resp, forwarded.log)
+}
+
+/// [`forward`], and the whole exchange (for the dev page's inspector).
+pub async fn forward_in_full(
+    http: &reqwest::Client,
+    upstream: &url::Url,
+    timeout: Duration,
+    req: HttpRequest,
+) -> (HttpResponse, Forwarded) {
     let started = Instant::now();
     let event = header(&req.headers, "ce-eventname")
         .or_else(|| (req.http_method.eq_ignore_ascii_case("OPTIONS")).then(|| "validate".into()))
@@ -124,6 +168,15 @@ pub async fn forward(
     };
     log.status = status;
     log.elapsed = started.elapsed();
+    let forwarded = Forwarded {
+        url: upstream_url(upstream, &req.url).ok().map(String::from),
+        request_headers: forwarded_headers(&req.headers),
+        request_body: req.body.clone(),
+        status,
+        response_headers: forwarded_headers(&headers),
+        response_body: body.clone(),
+        log,
+    };
     let resp = HttpResponse {
         ack_id: req.ack_id,
         local_routing: req.local_routing,
@@ -133,7 +186,7 @@ pub async fn forward(
         headers,
         body,
     };
-    (resp, log)
+    (resp, forwarded)
 }
 
 async fn call(

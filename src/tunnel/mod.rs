@@ -14,10 +14,12 @@ mod dial;
 pub mod forward;
 pub mod frame;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-pub use client::run;
+pub use client::{run, run_observed};
 pub use dial::{dial_url, Dial};
+pub use forward::Forwarded;
 
 use crate::service::ConnectionString;
 
@@ -38,6 +40,44 @@ impl TunnelConfig {
     pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(20);
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 }
+
+/// What the tunnel did, as it happens: `hubhook dev`'s page shows the forwarded webhooks in its
+/// inspector and the connections' state (reconnects included) beside them. The terminal lines are
+/// printed either way.
+#[derive(Debug, Clone)]
+pub enum TunnelEvent {
+    /// Dialling `endpoint` (the first connect, a reconnect, or an extra connection).
+    Connecting { endpoint: String },
+    /// `ConnectionConnected` arrived.
+    Connected {
+        connection_id: String,
+        endpoint: String,
+    },
+    /// The connection dropped; it is dialled again.
+    Lost {
+        connection_id: String,
+        reason: String,
+    },
+    /// A reconnect attempt failed; the next one in `retry_in`.
+    RetryFailed { error: String, retry_in: Duration },
+    /// `ConnectionReconnect`: the service moved the connection to `endpoint`.
+    Moved {
+        connection_id: String,
+        endpoint: String,
+    },
+    /// `ConnectionRebalance`: the service asked for another connection to `endpoint`.
+    Added { endpoint: String },
+    /// `ConnectionClose`: this connection ends for good.
+    Closed {
+        connection_id: String,
+        message: String,
+    },
+    /// One webhook forwarded to the upstream and answered.
+    Forwarded(Arc<Forwarded>),
+}
+
+/// Told every [`TunnelEvent`]; called on the tunnel's tasks, so it must not block.
+pub type Observer = Arc<dyn Fn(TunnelEvent) + Send + Sync>;
 
 /// Why the tunnel could not start or stopped: one line for the terminal, never a token.
 #[derive(Debug, thiserror::Error)]

@@ -11,6 +11,7 @@ use tokio::sync::broadcast;
 
 use crate::emulator::WebhookLog;
 use crate::protocol::SignatureVerifier;
+use crate::tunnel::Forwarded;
 
 /// Webhooks kept; the oldest goes first. Never written to disk.
 pub const CAPACITY: usize = 1000;
@@ -44,6 +45,9 @@ pub struct Record {
 /// A request or response: headers in order, body as text (lossy UTF-8).
 #[derive(Debug, Clone, Serialize)]
 pub struct Message {
+    /// A request's method, when it is not `POST` (the tunnel's abuse-protection `OPTIONS`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     pub headers: Vec<(String, String)>,
@@ -53,6 +57,7 @@ pub struct Message {
 impl Message {
     fn new(url: Option<String>, headers: &HeaderMap, body: &[u8]) -> Message {
         Message {
+            method: None,
             url,
             headers: headers
                 .iter()
@@ -90,6 +95,56 @@ impl Feed {
         }
     }
 
+    fn verify<'a>(&self, signatures: impl Iterator<Item = &'a [u8]>, connection_id: &str) -> bool {
+        self.inner
+            .verifier
+            .verify(signatures, connection_id)
+            .is_ok()
+    }
+
+    /// Records one webhook a tunnel forwarded to the local handler: the service signed it, so
+    /// the signature shown is the service's, checked with the resource's key.
+    pub fn record_tunnelled(&self, f: &Forwarded) -> Arc<Record> {
+        let connection_id = f.header("ce-connectionid").unwrap_or_default().to_string();
+        let probe = f.log.method.eq_ignore_ascii_case("OPTIONS");
+        let verified = (!probe).then(|| {
+            let sigs = f
+                .request_headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("ce-signature"))
+                .map(|(_, v)| v.as_bytes());
+            self.verify(sigs, &connection_id)
+        });
+        // An error means the handler gave no answer: the service got the tunnel's own 502.
+        let answered = f.log.error.is_none();
+        self.push(Record {
+            id: 0,
+            at: crate::protocol::now_rfc3339(),
+            hub: f.header("ce-hub").unwrap_or_default().to_string(),
+            event: f.log.event.clone(),
+            user_id: f.header("ce-userid").map(String::from),
+            connection_id,
+            status: answered.then_some(f.status),
+            error: f.log.error.clone(),
+            ms: (f.log.elapsed.as_secs_f64() * 10_000.0).round() / 10.0,
+            attempt: 1,
+            verified,
+            replay_of: None,
+            request: Some(Message {
+                method: (!f.log.method.eq_ignore_ascii_case("POST")).then(|| f.log.method.clone()),
+                url: f.url.clone(),
+                headers: f.request_headers.clone(),
+                body: String::from_utf8_lossy(&f.request_body).into_owned(),
+            }),
+            response: answered.then(|| Message {
+                method: None,
+                url: None,
+                headers: f.response_headers.clone(),
+                body: String::from_utf8_lossy(&f.response_body).into_owned(),
+            }),
+        })
+    }
+
     /// Records one webhook attempt (from the emulator's observer, or a replay).
     pub fn record(&self, log: &WebhookLog, replay_of: Option<u64>) -> Arc<Record> {
         let request = log.request.as_deref();
@@ -100,19 +155,16 @@ impl Feed {
                 .map(String::from)
         };
         let verified = request.map(|r| {
-            self.inner
-                .verifier
-                .verify(
-                    r.headers
-                        .get_all("ce-signature")
-                        .iter()
-                        .map(|v| v.as_bytes()),
-                    &log.connection_id,
-                )
-                .is_ok()
+            self.verify(
+                r.headers
+                    .get_all("ce-signature")
+                    .iter()
+                    .map(|v| v.as_bytes()),
+                &log.connection_id,
+            )
         });
-        let record = Arc::new(Record {
-            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+        self.push(Record {
+            id: 0,
             at: crate::protocol::now_rfc3339(),
             hub: log.hub.clone(),
             event: log.event.clone(),
@@ -129,7 +181,13 @@ impl Feed {
                 .response
                 .as_ref()
                 .map(|r| Message::new(None, &r.headers, &r.body)),
-        });
+        })
+    }
+
+    /// Numbers `record`, keeps it (dropping the oldest past [`CAPACITY`]) and tells the pages.
+    fn push(&self, mut record: Record) -> Arc<Record> {
+        record.id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let record = Arc::new(record);
         {
             let mut ring = self.inner.ring.lock().unwrap();
             if ring.len() == CAPACITY {

@@ -9,13 +9,15 @@
 //! | `GET`/`DELETE /ui/api/webhooks` | the last [`feed::CAPACITY`] webhooks, newest first / clear |
 //! | `GET /ui/api/webhooks/live` | new webhooks as server-sent events (`?token=`) |
 //! | `POST /ui/api/webhooks/{id}/replay` | the same request again, re-signed, to the same URL |
-//! | `GET /ui/api/service`, `POST /ui/api/service/send` | connections and groups; send to a room (REST API) |
+//! | `GET /ui/api/service`, `POST /ui/api/service/send` | connections and groups (or the tunnel's state); send to a room (REST API) |
 //!
-//! Knows nothing of stores or clouds: it is handed the webhooks ([`Feed::record`]), a REST
-//! client and, when the service is the local emulator, a view of its connections.
+//! Knows nothing of stores or clouds: it is handed the webhooks ([`Feed::record`], or
+//! [`Feed::record_tunnelled`] through [`TunnelStatus::observer`]), a REST client and either a view
+//! of the local emulator's connections or, against a real resource, the tunnel's state.
 
 mod feed;
 mod guard;
+mod tunnel;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -38,6 +40,7 @@ use crate::protocol::{now_rfc3339, sign, EventData};
 use crate::service::{SendOptions, ServiceClient};
 pub use feed::{Feed, Record, CAPACITY};
 pub use guard::TOKEN_HEADER;
+pub use tunnel::{Snapshot as TunnelSnapshot, TunnelStatus};
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
@@ -59,6 +62,8 @@ pub struct Backends {
     pub service: ServiceClient,
     /// The local emulator's connections; `None` against a real resource.
     pub emulator: Option<EmulatorView>,
+    /// The tunnel to a real resource; `None` with the local emulator.
+    pub tunnel: Option<TunnelStatus>,
 }
 
 struct PageState {
@@ -165,7 +170,7 @@ enum UiError {
     Text,
     #[error("the service refused: {0}")]
     Service(String),
-    #[error("no emulator: the service is a real resource")]
+    #[error("no service view: neither an emulator nor a tunnel")]
     NoEmulator,
 }
 
@@ -184,10 +189,19 @@ impl IntoResponse for UiError {
 type Page = State<Arc<PageState>>;
 
 async fn info(State(p): Page) -> Json<serde_json::Value> {
+    let mode = if p.backends.emulator.is_some() {
+        "emulator"
+    } else if p.backends.tunnel.is_some() {
+        "tunnel"
+    } else {
+        "none"
+    };
     Json(json!({
         "hub": p.backends.hub,
         "room": p.backends.default_room,
+        "mode": mode,
         "emulator": p.backends.emulator.is_some(),
+        "tunnel": p.backends.tunnel.as_ref().map(TunnelStatus::snapshot),
         "capacity": CAPACITY,
     }))
 }
@@ -202,10 +216,29 @@ async fn clear(State(p): Page) -> StatusCode {
 }
 
 /// Each new webhook as an SSE `webhook` event; `lagged` when this page fell behind (it reloads
-/// the list).
+/// the list). With a tunnel, each change of its state as a `tunnel` event (the whole state).
 async fn live(State(p): Page) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let rx = p.feed.subscribe();
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+    let tunnel = p.backends.tunnel.as_ref().map(TunnelStatus::subscribe);
+    // Ends at once without a tunnel; `select` goes on with the webhooks.
+    let tunnel = futures_util::stream::unfold(tunnel, |rx| async move {
+        let mut rx = rx?;
+        loop {
+            match rx.recv().await {
+                Ok(s) => {
+                    let event = SseEvent::default()
+                        .event("tunnel")
+                        .json_data(&s)
+                        .unwrap_or_default();
+                    return Some((Ok(event), Some(rx)));
+                }
+                // Each event is the whole state: the next one is as good.
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    let webhooks = futures_util::stream::unfold(rx, |mut rx| async move {
         let event = match rx.recv().await {
             Ok(r) => SseEvent::default()
                 .event("webhook")
@@ -216,13 +249,15 @@ async fn live(State(p): Page) -> Sse<impl Stream<Item = Result<SseEvent, Infalli
         };
         Some((Ok(event), rx))
     });
+    let stream = futures_util::stream::select(webhooks, tunnel);
     // Ends at Ctrl-C / SIGTERM, so an open page does not hold up the listener's drain.
     let stream = stream.take_until(crate::runtime::shutdown_signal());
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
-/// Sends a recorded request again to the same handler URL, with `ce-signature` computed afresh:
-/// what the service's retry does. The answer is recorded like any webhook (`replayOf`).
+/// Sends a recorded request again to the same handler URL, with `ce-signature` computed afresh
+/// (with the emulator's key, or the resource's when tunnelled): what the service's retry does.
+/// The answer is recorded like any webhook (`replayOf`).
 async fn replay(State(p): Page, Path(id): Path<u64>) -> Result<Json<Arc<Record>>, UiError> {
     let rec = p.feed.get(id).ok_or(UiError::NoWebhook(id))?;
     let orig = rec.request.as_ref().ok_or(UiError::NoRequest(id))?;
@@ -232,8 +267,15 @@ async fn replay(State(p): Page, Path(id): Path<u64>) -> Result<Json<Arc<Record>>
             headers.append(k, v);
         }
     }
-    if let Ok(sig) = HeaderValue::try_from(sign([p.key.as_str()], &rec.connection_id)) {
-        headers.insert("ce-signature", sig);
+    let method = match &orig.method {
+        Some(m) => reqwest::Method::from_bytes(m.as_bytes()).unwrap_or(reqwest::Method::POST),
+        None => reqwest::Method::POST,
+    };
+    // The abuse-protection probe (`OPTIONS`) is not signed.
+    if method == reqwest::Method::POST {
+        if let Ok(sig) = HeaderValue::try_from(sign([p.key.as_str()], &rec.connection_id)) {
+            headers.insert("ce-signature", sig);
+        }
     }
     let url = orig.url.clone().unwrap_or_default();
     let request = Arc::new(WebhookRequest {
@@ -244,7 +286,7 @@ async fn replay(State(p): Page, Path(id): Path<u64>) -> Result<Json<Arc<Record>>
     let started = Instant::now();
     let sent = p
         .http
-        .post(&url)
+        .request(method.clone(), &url)
         .headers(headers)
         .body(request.body.clone())
         .send()
@@ -274,8 +316,17 @@ async fn replay(State(p): Page, Path(id): Path<u64>) -> Result<Json<Arc<Record>>
     Ok(Json(p.feed.record(&log, Some(id))))
 }
 
+/// The emulator's connections and groups; against a real resource, the tunnel's state (the
+/// service's own connections are not listed by its REST API).
 async fn service(State(p): Page) -> Result<Json<serde_json::Value>, UiError> {
-    let view = p.backends.emulator.as_ref().ok_or(UiError::NoEmulator)?;
+    let Some(view) = p.backends.emulator.as_ref() else {
+        let tunnel = p.backends.tunnel.as_ref().ok_or(UiError::NoEmulator)?;
+        return Ok(Json(json!({
+            "mode": "tunnel",
+            "hub": p.backends.hub,
+            "tunnel": tunnel.snapshot(),
+        })));
+    };
     let connections = view.connections();
     let mut groups = std::collections::BTreeMap::<String, Vec<String>>::new();
     for c in &connections {
@@ -293,6 +344,7 @@ async fn service(State(p): Page) -> Result<Json<serde_json::Value>, UiError> {
     users.sort_unstable();
     users.dedup();
     Ok(Json(json!({
+        "mode": "emulator",
         "hub": p.backends.hub,
         "connections": connections,
         "users": users,

@@ -1,21 +1,28 @@
-// The dev page in real headless Chromium (Debian's /usr/bin/chromium, driven by the pinned
-// playwright-core): two users chat in one room, the inspector shows their webhooks, a replay
-// gets the "duplicate" answer, the service view sends to the room, a request without the
-// token is refused. Screenshots of each view go to $SHOTS. Input: DEV_URL (the URL
+// The dev page in a real headless browser — BROWSER=chromium (Debian's /usr/bin/chromium,
+// playwright-core) or BROWSER=firefox (Debian's /usr/bin/firefox-esr, puppeteer-core over
+// WebDriver BiDi); see browser-drivers.mjs. Two users chat in one room, the inspector shows their
+// webhooks, a replay gets the "duplicate" answer, the service view sends to the room, a request
+// without the token is refused, no console errors, phone and desktop widths.
+// MODE=emulator (`hubhook dev` with its own emulator: the Service view lists its connections) or
+// MODE=tunnel (`hubhook dev` tunnelling another service, RESOURCE its endpoint: the same
+// inspector shows the tunnelled webhooks, the Service view the tunnel, reconnects included).
+// Screenshots of each view go to $SHOTS, names prefixed with $PREFIX. Input: DEV_URL (the URL
 // `hubhook dev` printed). Output: one JSON line, {"ok": true, ...} or {"ok": false, "error"}.
 import { mkdirSync } from 'node:fs';
 import http from 'node:http';
-import { chromium } from 'playwright-core';
+import { driver } from './browser-drivers.mjs';
 
 const devUrl = process.env.DEV_URL;
 const shots = process.env.SHOTS || 'target/browser';
+const prefix = process.env.PREFIX || '';
+const mode = process.env.MODE || 'emulator';
 const watchdog = setTimeout(() => finish({ ok: false, error: 'watchdog: still running after 80 s' }), 80_000);
 let browser;
 
 function finish(result) {
   clearTimeout(watchdog);
   console.log(JSON.stringify(result));
-  const close = browser ? browser.close().catch(() => {}) : Promise.resolve();
+  const close = browser ? Promise.resolve(browser.close()).catch(() => {}) : Promise.resolve();
   close.then(() => process.exit(result.ok ? 0 : 1));
 }
 
@@ -38,22 +45,21 @@ function raw(path, headers = {}) {
 }
 
 async function user(name, room, viewport, errors) {
-  const context = await browser.newContext({ viewport });
-  const page = await context.newPage();
-  page.on('console', (m) => { if (m.type() === 'error') errors.push(`${name}: console: ${m.text()}`); });
-  page.on('pageerror', (e) => errors.push(`${name}: ${e.message}`));
+  const page = await browser.open(name, viewport, errors);
   await page.goto(devUrl);
+  // The page's start-up (token check, info) is done when the room has its default.
+  await page.waitFor(() => document.querySelector('#room').value !== '');
   await page.fill('#user', name);
   await page.fill('#room', room);
-  await page.keyboard.press('Tab');
+  await page.key('Tab');
   await page.click('#connect');
-  await page.waitForFunction(() => /Connected as/.test(document.querySelector('#chat-status').textContent));
+  await page.waitFor(() => /Connected as/.test(document.querySelector('#chat-status').textContent));
   return page;
 }
 
 const lines = (page) => page.$$eval('#messages li', (lis) => lis.map((li) => li.textContent));
 async function sees(page, text) {
-  await page.waitForFunction((t) => [...document.querySelectorAll('#messages li')].some((li) => li.textContent.includes(t)), text, { timeout: 15_000 })
+  await page.waitFor((t) => [...document.querySelectorAll('#messages li')].some((li) => li.textContent.includes(t)), text, 15_000)
     .catch(async () => { throw new Error(`${text} not seen; messages: ${JSON.stringify(await lines(page))}`); });
 }
 
@@ -76,11 +82,7 @@ async function main() {
   const ok = await raw('/ui/api/webhooks', { 'x-hubhook-token': token, host });
   check(ok.status === 200, `with the token: ${ok.status}`);
 
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  browser = await driver(process.env.BROWSER || 'chromium');
   const errors = [];
   const room = `browser-${Date.now().toString(36)}`;
   const alice = await user('alice', room, { width: 1280, height: 860 }, errors);
@@ -98,15 +100,15 @@ async function main() {
     await sees(p, 'hello from alice');
     await sees(p, 'hi from bob');
   }
-  await alice.screenshot({ path: `${shots}/chat-alice.png`, fullPage: true });
-  await bob.screenshot({ path: `${shots}/chat-bob-phone.png`, fullPage: true });
+  await alice.screenshot(`${shots}/${prefix}chat-alice.png`);
+  await bob.screenshot(`${shots}/${prefix}chat-bob-phone.png`);
 
   // Inspector: alice's webhooks in order, with the right details.
   const aliceConn = await alice.evaluate(() => chat.connectionId);
   check(aliceConn, 'alice has no connection id');
   await alice.click('#tab-inspector');
   await alice.fill('#filter-conn', aliceConn);
-  await alice.waitForFunction(() => [...document.querySelectorAll('#hooks tbody tr')].some((r) => r.dataset.event === 'message'));
+  await alice.waitFor(() => [...document.querySelectorAll('#hooks tbody tr')].some((r) => r.dataset.event === 'message'));
   const rows = await alice.$$eval('#hooks tbody tr', (trs) => trs.map((r) => ({ id: Number(r.dataset.id), event: r.dataset.event, status: r.dataset.status, text: r.textContent })));
   const oldestFirst = [...rows].reverse();
   const events = oldestFirst.map((r) => r.event);
@@ -131,7 +133,7 @@ async function main() {
 
   // Replay: the same delivery again, re-signed: the handler answers "duplicate".
   await alice.click('#replay');
-  await alice.waitForFunction(() => /replay of/.test(document.querySelector('#detail-title').textContent));
+  await alice.waitFor(() => /replay of/.test(document.querySelector('#detail-title').textContent));
   const replayed = await alice.evaluate(() => ({
     title: document.querySelector('#detail-title').textContent,
     resp: document.querySelector('#resp-body').textContent,
@@ -140,22 +142,45 @@ async function main() {
   }));
   check(replayed.title.includes(`replay of #${message.id}`), `replay title: ${replayed.title}`);
   check(replayed.status === '200' && /"duplicate": true/.test(replayed.resp) && replayed.sig === 'verified', `replay: ${JSON.stringify(replayed)}`);
-  await alice.screenshot({ path: `${shots}/inspector.png`, fullPage: true });
+  await alice.screenshot(`${shots}/${prefix}inspector.png`);
   // The replay stored nothing new: bob sees the message once.
   const bobLines = await lines(bob);
   check(bobLines.filter((l) => l.includes('hello from alice')).length === 1, `bob's messages: ${JSON.stringify(bobLines)}`);
 
-  // Service: both connections in the room; "send to room" reaches both chats.
+  // Service: with the emulator, both connections in the room; with a tunnel, the tunnel's state
+  // (the resource's endpoint without its key, the hub, connected, the reconnects the test made).
+  // Either way "send to room" (the service's REST API) reaches both chats.
   await alice.click('#tab-service');
-  await alice.waitForFunction((r) => {
-    const text = document.querySelector('#conns tbody').textContent;
-    return text.includes('alice') && text.includes('bob') && text.includes(r);
-  }, room);
+  let tunnel = null;
+  if (mode === 'tunnel') {
+    await alice.waitFor(() => document.querySelector('#t-state').textContent === 'connected');
+    tunnel = await alice.evaluate(() => ({
+      emulatorView: !document.querySelector('#svc-emulator').hidden,
+      endpoint: document.querySelector('#t-endpoint').textContent,
+      hub: document.querySelector('#t-hub').textContent,
+      reconnects: Number(document.querySelector('#t-reconnects').textContent),
+      log: [...document.querySelectorAll('#t-log li')].map((li) => li.dataset.kind),
+      pill: document.querySelector('#tunnel-pill').textContent,
+      pillShown: !document.querySelector('#tunnel-pill').hidden,
+    }));
+    const want = Number(process.env.RECONNECTS || '0');
+    check(!tunnel.emulatorView, 'the emulator view is shown in tunnel mode');
+    check(tunnel.endpoint === process.env.RESOURCE && !/AccessKey|access_token/i.test(tunnel.endpoint), `endpoint: ${tunnel.endpoint}`);
+    check(tunnel.hub === 'chat', `hub: ${tunnel.hub}`);
+    check(tunnel.reconnects === want && tunnel.log.filter((k) => k === 'moved').length === want, `reconnects: ${JSON.stringify(tunnel)}`);
+    check(tunnel.pillShown && tunnel.pill.startsWith('tunnel connected') && (want === 0 || tunnel.pill.includes(`${want} reconnect`)), `header: ${tunnel.pill}`);
+  } else {
+    check(await alice.evaluate(() => document.querySelector('#tunnel-pill').hidden), 'a tunnel pill without a tunnel');
+    await alice.waitFor((r) => {
+      const text = document.querySelector('#conns tbody').textContent;
+      return text.includes('alice') && text.includes('bob') && text.includes(r);
+    }, room);
+  }
   await alice.fill('#b-room', room);
   await alice.fill('#b-text', 'server says hi');
   await alice.click('#broadcast button');
-  await alice.waitForFunction(() => /Sent to room/.test(document.querySelector('#b-status').textContent));
-  await alice.screenshot({ path: `${shots}/service.png`, fullPage: true });
+  await alice.waitFor(() => /Sent to room/.test(document.querySelector('#b-status').textContent));
+  await alice.screenshot(`${shots}/${prefix}service.png`);
   await sees(bob, 'server says hi');
   await sees(alice, 'server says hi');
 
@@ -169,14 +194,14 @@ async function main() {
 
   // Keyboard: the tabs answer the arrow keys.
   await alice.focus('#tab-inspector');
-  await alice.keyboard.press('ArrowRight');
+  await alice.key('ArrowRight');
   check(await alice.evaluate(() => document.activeElement.id === 'tab-service' && !document.querySelector('#view-service').hidden), 'ArrowRight did not move to the Service tab');
-  await alice.keyboard.press('ArrowLeft');
-  await alice.keyboard.press('ArrowLeft');
+  await alice.key('ArrowLeft');
+  await alice.key('ArrowLeft');
   check(await alice.evaluate(() => !document.querySelector('#view-chat').hidden), 'ArrowLeft did not reach the Chat tab');
 
   check(errors.length === 0, `console errors: ${JSON.stringify(errors)}`);
-  return { ok: true, room, webhooks: events, screenshots: shots };
+  return { ok: true, browser: browser.version, mode, room, webhooks: events, tunnel, screenshots: shots };
 }
 
 main().then(finish, (e) => finish({ ok: false, error: e.message }));

@@ -1,4 +1,5 @@
-// hubhook dev page: chat client, live webhook inspector, the emulator's connections.
+// hubhook dev page: chat client, live webhook inspector, the emulator's connections (or, against
+// a real resource, the tunnel's state: connected or reconnecting, every drop and move).
 // Plain browser JavaScript, compiled into the binary: no CDN, no build step.
 //
 // The chat speaks the `json.webpubsub.azure.v1` subprotocol over a plain WebSocket rather than
@@ -237,6 +238,7 @@ const inspector = {
     const es = new EventSource(`/ui/api/webhooks/live?token=${encodeURIComponent(token)}`);
     es.addEventListener('webhook', (e) => this.add(JSON.parse(e.data)));
     es.addEventListener('lagged', () => this.load());
+    es.addEventListener('tunnel', (e) => tunnel.render(JSON.parse(e.data)));
     es.onopen = () => { $('#live').classList.remove('off'); $('#live').textContent = '● live'; };
     es.onerror = () => { $('#live').classList.add('off'); $('#live').textContent = '○ reconnecting'; };
   },
@@ -250,7 +252,7 @@ const inspector = {
     $('#detail-title').textContent = `#${h.id} ${h.event}${h.replayOf ? ` (replay of #${h.replayOf})` : ''}`;
     $('#detail-meta').textContent = `${h.at} · hub ${h.hub} · connection ${h.connectionId}${h.userId ? ` · user ${h.userId}` : ''} · ${h.ms.toFixed(1)} ms${h.attempt > 1 ? ` · attempt ${h.attempt}` : ''}`;
     const req = h.request;
-    $('#req-url').textContent = req ? `POST ${req.url}` : `no request sent: ${h.error || ''}`;
+    $('#req-url').textContent = req ? `${req.method || 'POST'} ${req.url || '(no upstream URL)'}` : `no request sent: ${h.error || ''}`;
     const sig = $('#sig');
     sig.textContent = h.verified === true ? 'verified' : h.verified === false ? 'NOT verified' : 'none';
     sig.className = `badge ${h.verified ? 'ok' : 'bad'}`;
@@ -297,6 +299,7 @@ const service = {
     const r = await api('/ui/api/service');
     if (!r.ok) { $('#conns tbody').replaceChildren(el('tr', {}, el('td', { colspan: 4 }, (await r.text()).trim()))); return; }
     const s = await r.json();
+    if (s.mode === 'tunnel') { tunnel.render(s.tunnel); return; }
     $('#conn-count').textContent = s.connections.length;
     $('#conns tbody').replaceChildren(...s.connections.map((c) => el('tr', {},
       el('td', { title: c.connectionId }, c.connectionId), el('td', {}, c.userId || ''),
@@ -305,6 +308,32 @@ const service = {
       el('li', {}, `${g} — ${members.length} connection${members.length === 1 ? '' : 's'}`)));
   },
 };
+// ---------------------------------------------------------------- tunnel (a real resource)
+// Its state comes with the page's info, then live (the event stream's `tunnel` events). Drops
+// and moves stand out: the pill in the header says "reconnecting" on every tab.
+const tunnel = {
+  render(t) {
+    if (!t) return;
+    const pill = $('#tunnel-pill');
+    const n = t.reconnects;
+    pill.hidden = false;
+    pill.textContent = `tunnel ${t.state}${n ? ` · ${n} reconnect${n === 1 ? '' : 's'}` : ''}`;
+    pill.className = `pill${t.state === 'connected' ? '' : ' warn'}`;
+    pill.dataset.state = t.state;
+    const badge = $('#t-state');
+    badge.textContent = t.state;
+    badge.className = `badge ${t.state === 'connected' ? 'ok' : 'warn'}`;
+    $('#t-endpoint').textContent = t.endpoint;
+    $('#t-hub').textContent = t.hub;
+    $('#t-upstream').textContent = t.upstream;
+    $('#t-reconnects').textContent = String(n);
+    const conns = Object.entries(t.connections);
+    $('#t-conns').textContent = conns.length ? conns.map(([id, where]) => `${id} (${where})`).join(', ') : 'none up';
+    $('#t-log').replaceChildren(...[...t.log].reverse().map((l) => el('li', { class: l.kind, 'data-kind': l.kind },
+      el('time', { datetime: l.at }, when(l.at)), l.text)));
+  },
+};
+
 $('#broadcast').addEventListener('submit', async (e) => {
   e.preventDefault();
   const room = $('#b-room').value.trim(), text = $('#b-text').value;
@@ -320,6 +349,11 @@ $('#broadcast').addEventListener('submit', async (e) => {
   if (!token) { banner('This page needs the URL `hubhook dev` printed (it ends with #token=…).'); return; }
   const r = await api('/ui/api/info');
   const info = await r.json();
+  if (info.mode === 'tunnel') {
+    $('#svc-emulator').hidden = true;
+    $('#svc-tunnel').hidden = false;
+    tunnel.render(info.tunnel);
+  }
   $('#room').value = sessionStorage.getItem('hubhook-room') || info.room;
   $('#b-room').value = info.room;
   $('#room').addEventListener('change', () => sessionStorage.setItem('hubhook-room', $('#room').value));
