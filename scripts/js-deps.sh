@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the pinned npm packages the tests use (tests/js/package-lock.json: the official
 # @azure/web-pubsub, @azure/web-pubsub-express, @azure/web-pubsub-client SDKs, express, ws,
-# playwright-core (drives Debian's chromium for the dev page test) and
-# dynalite) into tests/js/node_modules. Does nothing when node_modules was installed from this very
+# playwright-core and puppeteer-core (drive Debian's chromium and firefox-esr for the dev page
+# tests) and dynalite) into tests/js/node_modules. Does nothing when node_modules was installed from this very
 # package-lock.json (its hash is kept beside it); otherwise runs `npm ci` (exact versions from the lockfile).
 set -euo pipefail
 cd "$(dirname "$0")/../tests/js"

@@ -7,20 +7,23 @@ cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "test.sh: cargo is required (https://rustup.rs)" >&2; exit 1; }
 bash scripts/js-deps.sh
 
-# The dev page's browser test (tests/js/browser.mjs) drives Debian's chromium through the pinned
-# playwright-core (a test tool's own browser download does not work everywhere).
-if [ ! -x /usr/bin/chromium ]; then
+# The dev page's browser tests (tests/js/browser.mjs) drive Debian's chromium through the pinned
+# playwright-core and Debian's firefox-esr through the pinned puppeteer-core (WebDriver BiDi): a
+# test tool's own browser download does not work everywhere.
+apt_install() {
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "test.sh: installing chromium (apt-get)" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    echo "test.sh: installing $1 (apt-get)" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
   elif command -v sudo >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
-    echo "test.sh: installing chromium (sudo apt-get)" >&2
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    echo "test.sh: installing $1 (sudo apt-get)" >&2
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
   else
-    echo "test.sh: /usr/bin/chromium is required for the dev page's browser test (Debian: apt-get install chromium)" >&2
+    echo "test.sh: /usr/bin/$1 is required for the dev page's browser tests (Debian: apt-get install $1)" >&2
     exit 1
   fi
-fi
+}
+[ -x /usr/bin/chromium ] || apt_install chromium
+[ -x /usr/bin/firefox-esr ] || apt_install firefox-esr
 
 # cfn-lint validates the SAM template (pinned; installed once into .venv-tools).
 if [ ! -x .venv-tools/bin/cfn-lint ]; then

@@ -105,3 +105,36 @@ impl From<TunnelError> for RuntimeError {
         RuntimeError::Tunnel(e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(cs: &str) -> ServeArgs {
+        ServeArgs {
+            connection_string: Some(cs.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn dev_tunnels_any_service_but_its_own_emulator() {
+        let key = crate::config::LOCAL_ACCESS_KEY;
+        let local = |port: u16| {
+            serve(&format!(
+                "Endpoint=http://localhost;Port={port};AccessKey={key};Version=1.0;"
+            ))
+        };
+        // dev's own emulator (the default port): no tunnel.
+        assert!(!names_another_service(&local(8080), 8080));
+        assert!(!names_another_service(&ServeArgs::default(), 8080));
+        // Another local service (an emulator already running), or any port with a free pick.
+        assert!(names_another_service(&local(9000), 8080));
+        assert!(names_another_service(&local(8080), 0));
+        let real = serve(&format!(
+            "Endpoint=https://contoso.webpubsub.azure.com;AccessKey={key};Version=1.0;"
+        ));
+        assert!(names_another_service(&real, 8080));
+        assert!(names_another_service(&real, 443));
+    }
+}
