@@ -258,6 +258,66 @@ mod tests {
         }
     }
 
+    fn tunnelled(method: &str, sig: &str, error: Option<&str>) -> Forwarded {
+        use crate::tunnel::forward::ForwardLog;
+        Forwarded {
+            log: ForwardLog {
+                method: method.into(),
+                path: "/eventhandler".into(),
+                event: "connect".into(),
+                status: if error.is_some() { 502 } else { 200 },
+                elapsed: Duration::from_micros(2500),
+                error: error.map(String::from),
+            },
+            url: Some("http://127.0.0.1:1/eventhandler".into()),
+            request_headers: vec![
+                ("ce-connectionid".into(), "c1".into()),
+                ("ce-hub".into(), "chat".into()),
+                ("ce-userid".into(), "carol".into()),
+                ("ce-signature".into(), sig.into()),
+            ],
+            request_body: "{}".into(),
+            status: if error.is_some() { 502 } else { 200 },
+            response_headers: vec![],
+            response_body: "{\"groups\":[\"lobby\"]}".into(),
+        }
+    }
+
+    #[test]
+    fn tunnelled_webhooks_show_the_services_signature_and_the_handlers_answer() {
+        let feed = Feed::new(["resource-key"]);
+        let ok = feed.record_tunnelled(&tunnelled("POST", &sign(["resource-key"], "c1"), None));
+        assert_eq!(
+            (
+                ok.status,
+                ok.verified,
+                ok.user_id.as_deref(),
+                ok.hub.as_str()
+            ),
+            (Some(200), Some(true), Some("carol"), "chat")
+        );
+        assert_eq!(ok.connection_id, "c1");
+        assert_eq!(ok.ms, 2.5);
+        let req = ok.request.as_ref().unwrap();
+        assert_eq!(req.method, None, "POST is the default");
+        assert_eq!(req.url.as_deref(), Some("http://127.0.0.1:1/eventhandler"));
+        assert!(ok.response.as_ref().unwrap().body.contains("lobby"));
+        let forged = feed.record_tunnelled(&tunnelled("POST", &sign(["other"], "c1"), None));
+        assert_eq!(forged.verified, Some(false));
+        // The handler never answered: the service got the tunnel's 502, the page "failed".
+        let down = feed.record_tunnelled(&tunnelled("POST", "x", Some("upstream unreachable")));
+        assert_eq!((down.status, down.response.is_none()), (None, true));
+        assert_eq!(down.error.as_deref(), Some("upstream unreachable"));
+        // The abuse-protection probe is not signed: no verdict.
+        let probe = feed.record_tunnelled(&tunnelled("OPTIONS", "", None));
+        assert_eq!(probe.verified, None);
+        assert_eq!(
+            probe.request.as_ref().unwrap().method.as_deref(),
+            Some("OPTIONS")
+        );
+        assert_eq!(feed.list()[0].id, probe.id);
+    }
+
     #[test]
     fn records_newest_first_bounded_with_the_signature_checked() {
         let feed = Feed::new(["key-one"]);
