@@ -187,7 +187,8 @@ async fn client_connects(emu: &EmulatorHandle, user: &str) {
 /// Through the page's own API: the live stream reports the tunnel's reconnect, the JSON feed
 /// lists a client's tunnelled connect and connected (200, signature verified). Then in Chromium:
 /// two users chat through the service, the inspector lists connect, connected, message (200),
-/// replay answers "duplicate", and the Service view shows the tunnel and its reconnect.
+/// replay answers "duplicate", the Service view shows the tunnel and its reconnect, and a
+/// second reconnect while the page is open shows up live.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnelled_webhooks_fill_the_same_inspector_and_reconnects_show() {
     let test = "browser::tunnelled_webhooks_fill_the_same_inspector_and_reconnects_show";
@@ -306,18 +307,30 @@ async fn tunnelled_webhooks_fill_the_same_inspector_and_reconnects_show() {
         .unwrap();
     assert_eq!(without_token.status(), 401);
 
-    let result = browse(
-        &node,
-        &url,
-        &[
-            ("BROWSER", "chromium".into()),
-            ("MODE", "tunnel".into()),
-            ("RESOURCE", resource.clone()),
-            ("RECONNECTS", "1".into()),
-        ],
-        "tunnel-",
-    )
-    .await;
+    // The page, in Chromium; at its Service step it writes `signal` and waits for a second move
+    // of the tunnel, made here, to show up live.
+    let signal = dir.path().join("reconnect-now");
+    let env = [
+        ("BROWSER", "chromium".into()),
+        ("MODE", "tunnel".into()),
+        ("RESOURCE", resource.clone()),
+        ("RECONNECTS", "1".into()),
+        ("RECONNECT_SIGNAL", signal.display().to_string()),
+    ];
+    let move_again = async {
+        // Bounded by the script's own watchdog: it fails (and `browse` with it) first.
+        for _ in 0..1800 {
+            if signal.exists() {
+                assert!(emu
+                    .tunnels()
+                    .reconnect("chat", &emu.endpoint(), "instance-C"));
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let (result, ()) = tokio::join!(browse(&node, &url, &env, "tunnel-"), move_again);
     assert_eq!(result["tunnel"]["reconnects"], 1, "{result}");
+    assert_eq!(result["tunnel"]["liveReconnects"], 2, "{result}");
     child.kill().await.unwrap();
 }

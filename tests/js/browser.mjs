@@ -8,7 +8,7 @@
 // inspector shows the tunnelled webhooks, the Service view the tunnel, reconnects included).
 // Screenshots of each view go to $SHOTS, names prefixed with $PREFIX. Input: DEV_URL (the URL
 // `hubhook dev` printed). Output: one JSON line, {"ok": true, ...} or {"ok": false, "error"}.
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { driver } from './browser-drivers.mjs';
 
@@ -169,6 +169,17 @@ async function main() {
     check(tunnel.hub === 'chat', `hub: ${tunnel.hub}`);
     check(tunnel.reconnects === want && tunnel.log.filter((k) => k === 'moved').length === want, `reconnects: ${JSON.stringify(tunnel)}`);
     check(tunnel.pillShown && tunnel.pill.startsWith('tunnel connected') && (want === 0 || tunnel.pill.includes(`${want} reconnect`)), `header: ${tunnel.pill}`);
+    // Live: the test moves the tunnel again while this page is open (it waits for this file);
+    // the header and the Service view follow without a reload.
+    if (process.env.RECONNECT_SIGNAL) {
+      writeFileSync(process.env.RECONNECT_SIGNAL, 'ready\n');
+      await alice.waitFor((n) => {
+        const pill = document.querySelector('#tunnel-pill').textContent;
+        return pill.startsWith('tunnel connected') && pill.includes(`${n} reconnects`)
+          && document.querySelectorAll('#t-log li[data-kind="moved"]').length === n;
+      }, want + 1, 20_000);
+      tunnel.liveReconnects = Number(await alice.evaluate(() => document.querySelector('#t-reconnects').textContent));
+    }
   } else {
     check(await alice.evaluate(() => document.querySelector('#tunnel-pill').hidden), 'a tunnel pill without a tunnel');
     await alice.waitFor((r) => {
