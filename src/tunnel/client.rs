@@ -394,6 +394,8 @@ async fn serve(shared: &Arc<Shared>, ws: Socket, spawn: &mpsc::UnboundedSender<D
                         let (resp, forwarded) =
                             forward_in_full(&s.http, &c.upstream, c.upstream_timeout, req).await;
                         println!("  {}", forwarded.log);
+                        // Before the answer goes: whatever the answer sets off (a `connected`
+                        // after this `connect`) is recorded after it. Recording is quick.
                         s.tell(|| TunnelEvent::Forwarded(Arc::new(forwarded)));
                         let _ = tx.send(WsMessage::Binary(
                             Message::HttpResponse(resp).encode().into(),
