@@ -5,7 +5,7 @@
 #   bash bench/run.sh --quick    # smoke run (seconds per workload); writes bench/.run/RESULTS.quick.md
 #
 # Other options go to bench/run.py (--no-pin, --rounds N, --duration S, --warmup S, --cold-runs N,
-# --out PATH). It builds the release binaries, installs the pinned Node peers (`npm ci`, exact
+# --out PATH, --store-rounds N, --no-shared-stores, --fsync-n N, --no-w3). It builds the release binaries, installs the pinned Node peers (`npm ci`, exact
 # versions from bench/package-lock.json), installs wrk with apt-get if it is missing, then runs
 # every workload on loopback only. Never part of the test suite. Run it on an otherwise idle
 # machine: the figures are only as good as the quiet around them.
@@ -40,6 +40,23 @@ if ! [ -f "$marker" ] || [ "$marker" -ot bench/package-lock.json ]; then
   echo "bench/run.sh: npm ci in bench/ (pinned by package-lock.json)" >&2
   (cd bench && npm ci --no-audit --no-fund)
   touch "$marker"
+fi
+
+# W2 on DynamoDB and on Azure Table Storage runs dynalite and Azurite from tests/js/node_modules,
+# the same pinned packages the tests use (scripts/js-deps.sh: npm ci, skipped when up to date).
+# Without them run.py reports those two rows as not measured.
+case " $* " in
+  *" --no-shared-stores "*) ;;
+  *) bash scripts/js-deps.sh || echo "bench/run.sh: tests/js packages not installed: W2 on dynalite/Azurite will be skipped" >&2 ;;
+esac
+
+# The Lambda zip (issue 13/15: size against 2026-11-28's arm64 figure) needs cargo-lambda (pip
+# install cargo-lambda, which brings zig) and the aarch64 target; without it only the x86_64 zip
+# run.py makes itself is measured. BENCH_NO_LAMBDA=1 skips this build.
+if [ -z "${BENCH_NO_LAMBDA:-}" ] && command -v cargo-lambda >/dev/null 2>&1; then
+  echo "bench/run.sh: cargo lambda build --release --arm64 --output-format zip" >&2
+  cargo lambda build --release --arm64 --output-format zip --bin hubhook \
+    || echo "bench/run.sh: cargo lambda build failed: the arm64 zip row will be missing or stale" >&2
 fi
 
 BENCH_COMMAND="bash bench/run.sh${*:+ $*}" exec python3 bench/run.py "$@"
