@@ -219,6 +219,20 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime (14), stime (15)
 
 
+def core_busy_s(cpu: int | None) -> float | None:
+    """Seconds core `cpu` spent busy (everything but idle and iowait) since boot, from /proc/stat."""
+    if cpu is None:
+        return None
+    try:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith(f"cpu{cpu} "):
+                v = [int(x) for x in line.split()[1:]]
+                return (sum(v[:8]) - v[3] - v[4]) / CLK_TCK  # user..steal, less idle and iowait
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def stop_all() -> None:
     for p in list(_procs):
         try:
@@ -348,14 +362,20 @@ class Bench:
         helpers = self.helpers.get(name, [])
         c0 = proc.cpu_s()
         h0 = [h.cpu_s() for h in helpers]
+        k0 = core_busy_s(self.server_cpu)
         r = self.wrk(proc.port, script, seconds, **env)
         c1 = proc.cpu_s()
         h1 = [h.cpu_s() for h in helpers]
+        k1 = core_busy_s(self.server_cpu)
         wall = r["duration_us"] / 1e6
         if c0 is not None and c1 is not None:
             r["server_cpu_s"] = c1 - c0
             r["server_cpu_per_req_us"] = (c1 - c0) / r["requests"] * 1e6 if r["requests"] else None
             r["server_cpu_util"] = (c1 - c0) / wall if wall > 0 else None
+            # What else ran on the server's core meanwhile (other processes on a shared machine,
+            # interrupts): a server with less than its whole core is not measured at its best.
+            if k0 is not None and k1 is not None and wall > 0:
+                r["server_core_other_util"] = max(0.0, (k1 - k0) - (c1 - c0)) / wall
         r["helper_cpu_s"] = sum((b - a) for a, b in zip(h0, h1) if a is not None and b is not None)
         r["loadgen_cpu_util"] = (r["helper_cpu_s"] + r["wrk_cpu_s"]) / wall if wall > 0 else None
         return r
@@ -379,7 +399,9 @@ class Bench:
                     f" non-2xx {r['err_status']}, socket errors {r['socket_errors']}"
                     + (f", server CPU {util:.2f} core, {r['server_cpu_per_req_us']:.1f} µs/req" if util is not None
                        and r.get("server_cpu_per_req_us") else "")
-                    + (f", load CPU {r['loadgen_cpu_util']:.2f}" if r.get("loadgen_cpu_util") is not None else ""))
+                    + (f", load CPU {r['loadgen_cpu_util']:.2f}" if r.get("loadgen_cpu_util") is not None else "")
+                    + (f", other work on the server core {r['server_core_other_util']:.2f}"
+                       if r.get("server_core_other_util") is not None else ""))
         return res
 
     # ---------------------------------------------------------------- W1
@@ -446,7 +468,7 @@ class Bench:
     def w2(self) -> None:
         n = self.args.fsync_n or (200 if self.args.quick else 2000)
         log(f"W2 bound: fsync after a 4 KiB write in {RUN}, {n} times per shape")
-        self.data["fsync"] = fsync.measure(RUN, n, 5.0 if self.args.quick else 30.0)
+        self.data["fsync"] = fsync.measure(RUN, n, 10.0 if self.args.quick else 60.0)
         for shape in ("overwrite", "append"):
             v = self.data["fsync"][shape]
             log(f"  fsync {shape}: median {v['median_us']:.0f} µs, p99 {v['p99_us']:.0f} µs ({v['samples']} samples)")
@@ -521,6 +543,13 @@ class Bench:
             else:
                 result = self.check_history(name, servers[name].port, acks[name], self.data["warmups"][name],
                                             self.data["w2"][name], standin_stats)
+                # Broadcasts still in flight a second after the load (slow stores answer late) have
+                # had the history read's time to land: count them again.
+                c = http.client.HTTPConnection("127.0.0.1", standins[name].port, timeout=5)
+                c.request("GET", "/__standin/stats")
+                result["broadcasts"] = json.loads(c.getresponse().read()).get("posts")
+                c.close()
+                result["stored_not_broadcast"] = result["stored_rows"] - (result["broadcasts"] or 0)
                 servers[name].stop()
                 store_servers[name].stop()
             self.data.setdefault("durability", {})[name] = result
@@ -722,12 +751,14 @@ class Bench:
         cpu_us = med(per_req) if per_req else float("nan")
         cpu_rps = 1e6 / cpu_us if per_req else float("inf")
         utils = [r["server_cpu_util"] for r in d["w2"][target] if r.get("server_cpu_util") is not None]
+        others = [r["server_core_other_util"] for r in d["w2"][target] if r.get("server_core_other_util") is not None]
         bound = min(fsync_rps, cpu_rps)
         return {
             "fsync_median_us": fs["median_us"], "fsync_p99_us": fs["p99_us"], "fsync_mean_us": fs["mean_us"],
             "fsync_rps": fsync_rps, "fsync_rps_two_commits": fsync_rps / 2,
             "fsync_rps_mean": CONNECTIONS / (fs["mean_us"] / 1e6),
             "cpu_us_per_req": cpu_us, "cpu_rps": cpu_rps, "server_cpu_util": med(utils) if utils else None,
+            "server_core_other_util": med(others) if others else None,
             "bound_rps": bound, "bound_name": "CPU bound" if cpu_rps <= fsync_rps else "fsync bound",
         }
 
@@ -904,23 +935,28 @@ class Bench:
         L.append(f"- **CPU bound** = 1 ÷ CPU time per request of the `hubhook serve` process (user + system, all threads,"
                  f" /proc/<pid>/stat over each round ÷ responses; median of rounds) = 1 ÷ {b['cpu_us_per_req']:.1f} µs ="
                  f" **{b['cpu_rps']:,.0f} requests/s** on its one pinned core. During the rounds it used"
-                 f" {util:.2f} of that core." if util is not None else "- CPU bound: not measured (no /proc).")
+                 f" {util:.2f} of that core, while other processes took {b['server_core_other_util'] or 0:.2f} of it."
+                 if util is not None else "- CPU bound: not measured (no /proc).")
         L.append(f"- Bound = the lower: **{b['bound_rps']:,.0f}/s ({b['bound_name']})**; W2 = {w2_h:,.0f}/s ="
                  f" {w2_h / b['bound_rps']:.2f} of it. W2 ÷ the CPU bound is the share of its core hubhook kept busy: below 1"
                  " the core sat idle waiting (for the fsyncs, the broadcast, or the load generator).")
         L.append("")
-        L.append("CPU per request (server process on its pinned core; load CPU = wrk + REST stand-in + store server, on the"
-                 " other core, as a share of it; a load CPU near 1.00 means the load generator, not the server, set the pace):")
+        L.append("CPU per request (server process on its pinned core; other work = what else the kernel ran on that core"
+                 " meanwhile, from /proc/stat — on an idle machine near 0, and anything above that was taken from the server;"
+                 " load CPU = wrk + REST stand-in + store server, on the other core, as a share of it; a load CPU near 1.00"
+                 " means the load generator, not the server, set the pace):")
         L.append("")
-        L.append("| workload | target | server CPU µs/request | server CPU (cores) | load CPU (cores) |")
-        L.append("|---|---|---|---|---|")
+        L.append("| workload | target | server CPU µs/request | server CPU (cores) | other work on the server's core (cores) | load CPU (cores) |")
+        L.append("|---|---|---|---|---|---|")
+
+        def cell(rs: list[dict], key: str, fmt: str) -> str:
+            v = [r[key] for r in rs if r.get(key) is not None]
+            return format(med(v), fmt) if v else "n/a"
+
         for wl in ("w1", "w2"):
             for t, rs in d[wl].items():
-                pr = [r["server_cpu_per_req_us"] for r in rs if r.get("server_cpu_per_req_us")]
-                su = [r["server_cpu_util"] for r in rs if r.get("server_cpu_util") is not None]
-                lu = [r["loadgen_cpu_util"] for r in rs if r.get("loadgen_cpu_util") is not None]
-                L.append(f"| {wl.upper()} | {t} | {med(pr):.1f} | {med(su):.2f} | {med(lu):.2f} |" if pr and su and lu
-                         else f"| {wl.upper()} | {t} | n/a | n/a | n/a |")
+                L.append(f"| {wl.upper()} | {t} | {cell(rs, 'server_cpu_per_req_us', '.1f')} | {cell(rs, 'server_cpu_util', '.2f')} |"
+                         f" {cell(rs, 'server_core_other_util', '.2f')} | {cell(rs, 'loadgen_cpu_util', '.2f')} |")
         L.append("")
         L.append("### W2 configurations")
         L.append("")
