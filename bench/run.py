@@ -745,7 +745,10 @@ class Bench:
         d = self.data
         med = statistics.median
         fs = d["fsync"]["overwrite"]
-        fsync_s = fs["median_us"] / 1e6
+        # Throughput over many commits is set by the MEAN fsync time (n fsyncs take n × mean); on a
+        # shared disk the distribution is bimodal (a fast median, a slow tail), so the median alone
+        # would overstate the bound. The median-based figure is reported beside it.
+        fsync_s = fs["mean_us"] / 1e6
         fsync_rps = CONNECTIONS / fsync_s
         per_req = [r["server_cpu_per_req_us"] for r in d["w2"][target] if r.get("server_cpu_per_req_us")]
         cpu_us = med(per_req) if per_req else float("nan")
@@ -756,7 +759,7 @@ class Bench:
         return {
             "fsync_median_us": fs["median_us"], "fsync_p99_us": fs["p99_us"], "fsync_mean_us": fs["mean_us"],
             "fsync_rps": fsync_rps, "fsync_rps_two_commits": fsync_rps / 2,
-            "fsync_rps_mean": CONNECTIONS / (fs["mean_us"] / 1e6),
+            "fsync_rps_median": CONNECTIONS / (fs["median_us"] / 1e6),
             "cpu_us_per_req": cpu_us, "cpu_rps": cpu_rps, "server_cpu_util": med(utils) if utils else None,
             "server_core_other_util": med(others) if others else None,
             "bound_rps": bound, "bound_name": "CPU bound" if cpu_rps <= fsync_rps else "fsync bound",
@@ -796,7 +799,7 @@ class Bench:
         # ---- W2 against its bounds (issue 15)
         b = self.w2_bounds()
         bound = b["bound_rps"]
-        rows.append(("W2 vs its physical bound: min(in-flight ÷ fsync time, CPU bound)", f"{w2_h:,.0f}",
+        rows.append(("W2 vs its physical bound: min(in-flight ÷ mean fsync time, CPU bound)", f"{w2_h:,.0f}",
                      f"{bound:,.0f} ({b['bound_name']})", w2_h / bound, "≥ 0.8× (issue 15)", w2_h / bound >= 0.8))
         # "≥ 5× where the bound allows": if even the bound is under 5× the echo peer, the target
         # cannot be met on this machine whatever hubhook does; the row says so rather than "missed".
@@ -923,10 +926,10 @@ class Bench:
                      f" {v['mean_us']:.0f} µs | {v['max_us']:.0f} µs | {v['samples']} |")
         L.append("")
         util = b["server_cpu_util"]
-        L.append(f"- **fsync bound** = {CONNECTIONS} in flight ÷ median fsync ({b['fsync_median_us']:.0f} µs, overwrite) ="
+        L.append(f"- **fsync bound** = {CONNECTIONS} in flight ÷ mean fsync time ({b['fsync_mean_us']:.0f} µs, overwrite) ="
                  f" **{b['fsync_rps']:,.0f} messages/s**: group commit puts at most one write per request in flight in one"
-                 f" fsync. (With the mean fsync time instead, {b['fsync_rps_mean']:,.0f}/s: the p99 of {b['fsync_p99_us']:.0f} µs"
-                 " weighs on throughput too.)")
+                 f" fsync, and n fsyncs in a row take n × the mean. (With the median, {b['fsync_median_us']:.0f} µs, it would"
+                 f" be {b['fsync_rps_median']:,.0f}/s; the p99 is {b['fsync_p99_us']:.0f} µs.)")
         L.append(f"- hubhook's W2 makes **two group-committed, fsync'd writes per message, one after the other**: the message"
                  " with its outbox row (one transaction), then, after the REST broadcast, the outbox row's delete"
                  " (`broadcast_sent`, through the same writer thread, `synchronous=FULL`), and it answers only after the"
@@ -1011,7 +1014,10 @@ class Bench:
         L.append("\"stored, never acked\" = requests in flight when a wrk run stopped (the client closed the connection before the"
                  " answer); they were committed but no one was told, which is allowed. \"acked ids missing\" must be 0."
                  " \"stored, never broadcast\" > 0 means a request whose handler was dropped (client gone) after the commit"
-                 " and before the broadcast: a retry of that delivery is answered as a duplicate and never broadcast.")
+                 " and before the broadcast: a retry of that delivery is answered as a duplicate and never broadcast."
+                 " On DynamoDB and Azure Table the broadcasts are counted after the history pass; one still in flight"
+                 " then (these stores answer in hundreds of ms under load) shows here too, and the outbox sweeper"
+                 " sends it once its grace (15 s) is over.")
         L.append("")
         # ---- W3 (bench/w3.py): its Markdown, as returned by w3.section(opts)
         if d.get("w3_markdown"):
