@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # hubhook beside the official Node stack — the one documented command of issue 6.
 #
-#   bash bench/run.sh            # full run (~10 min of load on 2 cores); writes bench/RESULTS.md
+#   bash bench/run.sh            # full run (~14 min of load on 2 cores); writes bench/RESULTS.md
 #   bash bench/run.sh --quick    # smoke run (seconds per workload); writes bench/.run/RESULTS.quick.md
 #
 # Other options go to bench/run.py (--no-pin, --rounds N, --duration S, --warmup S, --cold-runs N,
