@@ -679,6 +679,25 @@ class Bench:
             log(f"  {name}: median {statistics.median(s):.1f} ms (min {min(s):.1f}, max {max(s):.1f})")
         self.data["cold"] = samples
 
+    # ---------------------------------------------------------------- W3 (bench/w3.py)
+
+    def w3(self) -> None:
+        """W3, the dev loop end to end, is bench/w3.py's (another helper's; optional, see the import
+        at the top). section(opts) gets this run's options and returns the Markdown of its rows,
+        which write_results puts under "W3"; a failure is reported there instead of losing the rest
+        of the run."""
+        if w3 is None or self.args.no_w3:
+            return
+        log("W3: bench/w3.py")
+        opts = argparse.Namespace(**vars(self.args), profile=self.p, pin=self.pin, server_cpu=self.server_cpu,
+                                  loadgen_cpu=self.loadgen_cpu, wrk_threads=self.wrk_threads, run_dir=RUN,
+                                  release=RELEASE, examples=EXAMPLES, root=ROOT, key=KEY)
+        try:
+            self.data["w3_markdown"] = w3.section(opts)
+        except Exception as e:  # noqa: BLE001 - reported in the results
+            log(f"  W3 failed: {e!r}")
+            self.data["w3_markdown"] = f"**W3 failed**: `{e!r}` (see the log of this run)."
+
     # ---------------------------------------------------------------- environment
 
     def environment(self) -> dict:
@@ -1074,20 +1093,7 @@ class Bench:
         self.w1()
         self.w2()
         self.cold()
-        # ---- W3: the dev loop end to end (bench/w3.py, another helper's; optional, see the import).
-        # section(opts) gets this run's options and returns the Markdown of its rows; a failure is
-        # reported in the results instead of losing the rest of the run.
-        if w3 is not None and not self.args.no_w3:
-            log("W3: bench/w3.py")
-            opts = argparse.Namespace(**vars(self.args), profile=self.p, pin=self.pin, server_cpu=self.server_cpu,
-                                      loadgen_cpu=self.loadgen_cpu, run_dir=RUN, release=RELEASE,
-                                      examples=EXAMPLES, root=ROOT, key=KEY)
-            try:
-                self.data["w3_markdown"] = w3.section(opts)
-            except Exception as e:  # noqa: BLE001 - reported in the results
-                log(f"  W3 failed: {e!r}")
-                self.data["w3_markdown"] = f"**W3 failed**: `{e!r}` (see the log above)."
-        # ---- end W3
+        self.w3()  # ---- W3 (bench/w3.py, optional): see Bench.w3
         self.data["env"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
         self.data["elapsed_s"] = round(time.monotonic() - t0, 1)
         (RUN / "results.json").write_text(json.dumps(self.data, indent=2))
