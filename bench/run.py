@@ -888,8 +888,8 @@ class Bench:
             rows.append(("Lambda bootstrap.zip (arm64, cargo lambda) vs 2026-11-28",
                          f"{zip_b / 1024 / 1024:.2f} MiB ({zip_b:,} B){stale}",
                          f"{base['lambda_zip_bytes_arm64'] / 1024 / 1024:.2f} MiB ({base['lambda_zip_bytes_arm64']:,} B)",
-                         zip_b / base["lambda_zip_bytes_arm64"], "≤ 1.10× (issue 13) and ≤ 4.4 MiB (issue 15)",
-                         zip_b / base["lambda_zip_bytes_arm64"] <= 1.10 and zip_b <= 4.4 * 1024 * 1024))
+                         zip_b / base["lambda_zip_bytes_arm64"], "≤ 1.10× (issue 13)",
+                         zip_b / base["lambda_zip_bytes_arm64"] <= 1.10))
         smoke = self.args.quick
         L: list[str] = []
         L.append("# hubhook beside the official Node stack: results" + (" — SMOKE RUN, NOT RESULTS" if smoke else ""))
@@ -919,14 +919,15 @@ class Bench:
             "not measured: target/lambda/hubhook/bootstrap.zip not built (`cargo lambda build --release --arm64 --output-format zip`)"
         if zip_b and env.get("lambda_zip_stale"):
             zip_txt += " — older than the release binary"
-        L.append(f"| Lambda bootstrap.zip size | {zip_txt} | | | ≤ 4.4 MiB arm64 | "
+        L.append(f"| Lambda bootstrap.zip size | {zip_txt} | | | ≤ 4.4 MiB arm64 (issue 15) | "
                  f"{verdict(zip_b <= 4.4 * 1024 * 1024) if zip_b and env['lambda_zip_arch'] == 'arm64' else ''} |")
         xz = env["x86_64_zip_bytes"]
         L.append(f"| bootstrap.zip of the x86_64 release binary (made by run.py, deflate) | {xz / 1024 / 1024:.2f} MiB ({xz:,} bytes)"
                  " | | | report (no 2026-11-28 figure) | |")
         L.append(f"| Lambda INIT under a runtime-API stand-in (x86_64 release build, SQLite) | {li:.1f} ms | | | ≤ 20 ms | {verdict(li <= 20)} |")
         L.append("")
-        missed = [r[0] for r in rows if r[5] is False] + (["Lambda INIT"] if li > 20 else [])
+        missed = [r[0] for r in rows if r[5] is False] + (["Lambda INIT"] if li > 20 else []) + \
+            (["Lambda bootstrap.zip ≤ 4.4 MiB"] if zip_b and env["lambda_zip_arch"] == "arm64" and zip_b > 4.4 * 1024 * 1024 else [])
         load = float(env["loadavg_start"][0])
         if load > 0.5 and not smoke:
             L.append(f"> The machine was not idle (load average {load:.2f} at the start): rerun before quoting these figures.")
@@ -936,8 +937,9 @@ class Bench:
                      + ", ".join(missed) + ".")
             L.append("")
         L.append(f"Baseline of the \"vs 2026-11-28\" rows: {base['source']}, hard-coded in `bench/run.py` (`BASELINE`)."
-                 " Its binary size is printed there rounded to 0.1 MiB. Its zip was built with cargo-lambda for arm64;"
-                 " without cargo-lambda here only the x86_64 zip is measured, which has no 2026-11-28 counterpart.")
+                 " Its binary size is printed there rounded to 0.1 MiB (11.35–11.45 MiB). Its zip was built with cargo-lambda"
+                 " for arm64 (`cargo lambda build --release --arm64 --output-format zip`, which `bench/run.sh` runs when"
+                 " cargo-lambda is on PATH); the x86_64 zip `run.py` makes itself has no 2026-11-28 counterpart.")
         L.append("")
         L.append("Peers: W1 = `bench/node-echo.mjs` (official `@azure/web-pubsub-express` quickstart shape; it does not verify"
                  " `ce-signature`, hubhook's `examples/echo.rs` does) and `examples/ceiling.rs` (bare axum, 200). W2, cold start and"
