@@ -52,6 +52,10 @@ TARGET = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target").resolve()
 RELEASE = TARGET / "release"
 EXAMPLES = RELEASE / "examples"
 NODE_MODULES = ROOT / "tests" / "js" / "node_modules"
+# The hubhook binary under test (W3_HUBHOOK overrides it: before/after comparisons).
+HUBHOOK = Path(os.environ.get("W3_HUBHOOK") or RELEASE / "hubhook")
+# A RAM-backed directory for the diagnostic row that takes fsync out of the dev loop.
+SHM = Path("/dev/shm")
 
 # The public local-emulator key (never valid on a real resource).
 KEY = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCDEFGH"
@@ -61,9 +65,9 @@ ROOM = "lobby"
 PROFILES = {
     # sizes; per N: paced rate (messages/s) for the latency row; closed-loop window for the
     # throughput row; seconds of warm-up and of measurement per run; tunnel clients.
-    "full": dict(sizes=[10, 100, 1000], rate={10: 200, 100: 100, 1000: 20}, inflight={10: 16, 100: 8, 1000: 4},
+    "full": dict(sizes=[10, 100, 1000], rate={10: 100, 100: 50, 1000: 5}, inflight={10: 16, 100: 8, 1000: 4},
                  warmup=3.0, duration=10.0, official_sizes=[10, 100], tunnel_clients=64, tunnel_duration=10.0),
-    "quick": dict(sizes=[10, 100], rate={10: 200, 100: 100, 1000: 20}, inflight={10: 16, 100: 8, 1000: 4},
+    "quick": dict(sizes=[10, 100], rate={10: 100, 100: 50, 1000: 5}, inflight={10: 16, 100: 8, 1000: 4},
                   warmup=1.0, duration=3.0, official_sizes=[10], tunnel_clients=32, tunnel_duration=3.0),
 }
 
@@ -199,10 +203,10 @@ class W3:
     def run_timeout(self, n: int) -> float:
         return 120 + self.p["warmup"] + self.p["duration"] + n * 0.05
 
-    def dev(self, n: int) -> tuple[Proc, int, int]:
+    def dev(self, n: int, store_dir: str | None = None) -> tuple[Proc, int, int]:
         emu, fn = free_port(), free_port()
-        db = Path(self.tmp) / f"w3-dev-{n}.db"
-        p = Proc(f"dev-{n}", [str(RELEASE / "hubhook"), "dev"],
+        db = Path(store_dir or self.tmp) / f"w3-dev-{n}-{os.getpid()}.db"
+        p = Proc(f"dev-{n}", [str(HUBHOOK), "dev"],
                  env(HUBHOOK_EMULATOR_PORT=str(emu), PORT=str(fn), HUBHOOK_STORE=f"sqlite://{db}"), [emu, fn])
         return p.wait_ready(), emu, fn
 
@@ -233,11 +237,25 @@ class W3:
                 self.load_pair("hubhook dev", n, conn, "event")
             finally:
                 dev.stop()
+            if n == 100 and SHM.is_dir() and os.access(SHM, os.W_OK):
+                # Diagnostic only: the same paced row with the store on tmpfs, where fsync costs
+                # nothing; the difference is what durability costs on this disk.
+                log("W3 N=100: hubhook dev, store on tmpfs (diagnostic)")
+                shm = tempfile.mkdtemp(prefix="hubhook-w3-", dir=SHM)
+                dev, emu, fn = self.dev(n, shm)
+                try:
+                    conn = ["--connection-string", cs_for(emu), "--hub", HUB, "--query", f"room={ROOM}", "--group", ROOM]
+                    r = wsload(conn + ["--clients", str(n), "--send", "event", "--rate", str(self.p["rate"][n])] + self.timing(),
+                               self.run_timeout(n))
+                    self.record(target="hubhook dev, store on tmpfs", n=n, kind="latency", result=r)
+                finally:
+                    dev.stop()
+                    shutil.rmtree(shm, ignore_errors=True)
             if n in self.p["official_sizes"]:
                 self.official_run(n)
             log(f"W3 N={n}: emulator alone (sendToGroup)")
             emu = free_port()
-            p = Proc(f"emulator-{n}", [str(RELEASE / "hubhook"), "emulator"], env(HUBHOOK_EMULATOR_PORT=str(emu)), [emu])
+            p = Proc(f"emulator-{n}", [str(HUBHOOK), "emulator"], env(HUBHOOK_EMULATOR_PORT=str(emu)), [emu])
             try:
                 p.wait_ready()
                 conn = ["--connection-string", cs_for(emu), "--hub", HUB, "--group", ROOM]
@@ -283,11 +301,11 @@ class W3:
             handler = f"http://127.0.0.1:{echo_port}/eventhandler" if mode == "direct" else "tunnel:///eventhandler"
             procs = [echo]
             try:
-                e = Proc(f"emulator-{mode}", [str(RELEASE / "hubhook"), "emulator", "--event-handler", handler],
+                e = Proc(f"emulator-{mode}", [str(HUBHOOK), "emulator", "--event-handler", handler],
                          env(HUBHOOK_EMULATOR_PORT=str(emu)), [emu]).wait_ready()
                 procs.append(e)
                 if mode == "tunnel":
-                    t = Proc("tunnel", [str(RELEASE / "hubhook"), "tunnel", "--hub", HUB, "--upstream", f"http://127.0.0.1:{echo_port}"],
+                    t = Proc("tunnel", [str(HUBHOOK), "tunnel", "--hub", HUB, "--upstream", f"http://127.0.0.1:{echo_port}"],
                              env(WEBPUBSUB_CONNECTION_STRING=cs_for(emu)), [])
                     procs.append(t)
                     t.wait_log(r"hubhook tunnel: connected")
@@ -366,6 +384,14 @@ class W3:
                 continue
             f = lambda r, k="delivery_ms": f"{r[k]['p50']:.2f} / {r[k]['p99']:.2f} ms" if r else "-"  # noqa: E731
             L.append(f"| {n:,} | {f(d)} | {f(d, 'ack_ms')} | {f(e)} | {f(c)} |")
+        shm = self.rows("hubhook dev, store on tmpfs", "latency")
+        for n, r in shm.items():
+            d = dev_lat.get(n)
+            L.append("")
+            L.append(f"Diagnostic, not a figure: the N = {n:,} paced row with the SQLite file on tmpfs (fsync costs nothing"
+                     f" there; the default store is unchanged): delivery p50 / p99 {r['delivery_ms']['p50']:.2f} /"
+                     f" {r['delivery_ms']['p99']:.2f} ms, ack p50 / p99 {r['ack_ms']['p50']:.2f} / {r['ack_ms']['p99']:.2f} ms"
+                     + (f" against {d['delivery_ms']['p50']:.2f} / {d['delivery_ms']['p99']:.2f} ms on disk." if d else "."))
         fs = self.data.get("fsync")
         if fs:
             L.append("")

@@ -344,7 +344,8 @@ async fn main() -> anyhow::Result<()> {
                 req.headers_mut()
                     .insert("sec-websocket-protocol", sub.parse()?);
             }
-            let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+            // TCP_NODELAY: small frames must not wait for the previous one's ACK (Nagle).
+            let (ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true).await?;
             Ok::<_, anyhow::Error>(ws)
         }));
     }
