@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::Message;
 
 type Clients = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Message>>>>;
@@ -47,19 +47,23 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The handshake callback: accepts the first subprotocol the client asks for. Its error type
+/// (an HTTP response) is tungstenite's, large or not.
+#[allow(clippy::result_large_err)]
+fn pick_subprotocol(req: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
+    let first = req
+        .headers()
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|p| p.trim().to_string());
+    if let Some(p) = first.and_then(|p| p.parse().ok()) {
+        resp.headers_mut().insert("sec-websocket-protocol", p);
+    }
+    Ok(resp)
+}
+
 async fn serve(tcp: tokio::net::TcpStream, id: u64, clients: &Clients) -> anyhow::Result<()> {
-    let pick_subprotocol = |req: &Request, mut resp: Response| {
-        let first = req
-            .headers()
-            .get("sec-websocket-protocol")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .map(|p| p.trim().to_string());
-        if let Some(p) = first.and_then(|p| p.parse().ok()) {
-            resp.headers_mut().insert("sec-websocket-protocol", p);
-        }
-        Ok(resp)
-    };
     let ws = tokio_tungstenite::accept_hdr_async(tcp, pick_subprotocol).await?;
     let (mut sink, mut stream) = ws.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
