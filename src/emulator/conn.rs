@@ -3,6 +3,7 @@
 //! protocol, sequence ids and the bounded unacked buffer that survives a dropped socket until the
 //! client recovers it. Either bound overflowing ends the connection (`Overflow`).
 
+use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -239,30 +240,29 @@ impl Conn {
     /// the reliable one). Messages for a detached non-reliable connection, or a closed one, are
     /// dropped. Never waits: over a bound, the connection is closed instead (Err).
     pub fn send_data(&self, origin: &Origin, data: &EventData) -> Result<(), Overflow> {
+        self.send(&Outgoing::new(origin, data))
+    }
+
+    /// [`Conn::send_data`] with the frame prepared once for every receiver of a broadcast.
+    pub fn send(&self, msg: &Outgoing) -> Result<(), Overflow> {
         if self.is_closed() {
             return Ok(());
         }
-        let frame = match (self.proto, data) {
-            (Proto::Simple, EventData::Text(s)) => Frame::text(s.as_str()),
-            (Proto::Simple, EventData::Json(v)) => Frame::text(v.to_string()),
-            (Proto::Simple, EventData::Binary(b)) => Frame::Binary(b.clone()),
-            _ => {
-                let mut msg = envelope(origin, data);
+        let frame = match self.proto {
+            Proto::Simple => msg.simple(),
+            Proto::Json => Frame::Text(msg.envelope().clone()),
+            Proto::Reliable => {
                 let mut out = self.out.lock().unwrap();
-                if self.proto == Proto::Reliable {
-                    let seq = out.next_seq;
-                    msg["sequenceId"] = seq.into();
-                    let text = Utf8Bytes::from(msg.to_string());
-                    let (n, bytes) = (out.unacked.len(), out.unacked_bytes);
-                    if !out.reliable_limit.admits(n, bytes, text.len()) {
-                        return Err(self.overflow(&mut out, RELIABLE_BUFFER_FULL));
-                    }
-                    out.next_seq += 1;
-                    out.unacked_bytes += text.len();
-                    out.unacked.push_back((seq, text.clone()));
-                    return self.queue(&mut out, Frame::Text(text));
+                let seq = out.next_seq;
+                let text = with_sequence_id(msg.envelope().as_str(), seq);
+                let (n, bytes) = (out.unacked.len(), out.unacked_bytes);
+                if !out.reliable_limit.admits(n, bytes, text.len()) {
+                    return Err(self.overflow(&mut out, RELIABLE_BUFFER_FULL));
                 }
-                return self.queue(&mut out, Frame::text(msg.to_string()));
+                out.next_seq += 1;
+                out.unacked_bytes += text.len();
+                out.unacked.push_back((seq, text.clone()));
+                return self.queue(&mut out, Frame::Text(text));
             }
         };
         let mut out = self.out.lock().unwrap();
@@ -338,6 +338,55 @@ impl Conn {
         roles.contains(&format!("webpubsub.{permission}"))
             || roles.contains(&format!("webpubsub.{permission}.{group}"))
     }
+}
+
+/// One data message for one or many connections, each form built once, when first needed: the
+/// JSON protocols' envelope (shared by every JSON receiver; the reliable protocol appends its
+/// `sequenceId` to a copy) and a simple client's raw frame. A broadcast to N connections
+/// serialises its payload once, not N times.
+pub struct Outgoing<'a> {
+    origin: &'a Origin,
+    data: &'a EventData,
+    envelope: OnceCell<Utf8Bytes>,
+    simple: OnceCell<Frame>,
+}
+
+impl<'a> Outgoing<'a> {
+    pub fn new(origin: &'a Origin, data: &'a EventData) -> Outgoing<'a> {
+        Outgoing {
+            origin,
+            data,
+            envelope: OnceCell::new(),
+            simple: OnceCell::new(),
+        }
+    }
+
+    fn envelope(&self) -> &Utf8Bytes {
+        self.envelope
+            .get_or_init(|| Utf8Bytes::from(envelope(self.origin, self.data).to_string()))
+    }
+
+    fn simple(&self) -> Frame {
+        self.simple
+            .get_or_init(|| match self.data {
+                EventData::Text(s) => Frame::text(s.as_str()),
+                EventData::Json(v) => Frame::text(v.to_string()),
+                EventData::Binary(b) => Frame::Binary(b.clone()),
+            })
+            .clone()
+    }
+}
+
+/// The envelope with `"sequenceId":seq` as its last member: the bytes `serde_json` writes for
+/// the envelope with that member added (insertion order is kept), without serialising again.
+fn with_sequence_id(envelope: &str, seq: u64) -> Utf8Bytes {
+    let body = envelope.strip_suffix('}').unwrap_or(envelope);
+    let mut s = String::with_capacity(envelope.len() + 32);
+    s.push_str(body);
+    s.push_str(",\"sequenceId\":");
+    s.push_str(&seq.to_string());
+    s.push('}');
+    Utf8Bytes::from(s)
 }
 
 /// `{"type":"message","from":…,"dataType":…,"data":…}` as the JSON protocols send it.
@@ -431,6 +480,42 @@ mod tests {
             !c.detach(g),
             "a stale generation cannot detach the new socket"
         );
+    }
+
+    #[test]
+    fn a_prepared_broadcast_is_byte_for_byte_what_each_receiver_got_before() {
+        let origin = Origin::Group {
+            group: "g".into(),
+            from_user: Some("alice".into()),
+        };
+        let data = EventData::Json(json!({"type": "message", "text": "hi \"there\"", "n": 1}));
+        let msg = Outgoing::new(&origin, &data);
+        for seq in [1, 42, u64::MAX] {
+            let mut want = envelope(&origin, &data);
+            want["sequenceId"] = seq.into();
+            assert_eq!(
+                with_sequence_id(msg.envelope().as_str(), seq).as_str(),
+                want.to_string()
+            );
+        }
+        assert_eq!(
+            msg.envelope().as_str(),
+            envelope(&origin, &data).to_string()
+        );
+        let (a, b) = (conn(JSON_RELIABLE_V1), conn(JSON_V1));
+        let (ta, mut ra) = socket();
+        let (tb, mut rb) = socket();
+        a.attach(ta);
+        b.attach(tb);
+        a.send(&msg).unwrap();
+        a.send(&msg).unwrap();
+        b.send(&msg).unwrap();
+        let seqs: Vec<u64> = drain(&mut ra)
+            .iter()
+            .map(|m| m["sequenceId"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, [1, 2], "each receiver's own sequence");
+        assert_eq!(drain(&mut rb), [envelope(&origin, &data)]);
     }
 
     #[test]

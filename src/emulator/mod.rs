@@ -553,8 +553,9 @@ impl Shared {
         data: &EventData,
         exclude: &[String],
     ) {
+        let msg = conn::Outgoing::new(origin, data);
         for c in conns.into_iter().filter(|c| !exclude.contains(&c.id)) {
-            if let Err(full) = c.send_data(origin, data) {
+            if let Err(full) = c.send(&msg) {
                 self.overflowed(&c, full);
             }
         }

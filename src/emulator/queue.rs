@@ -183,10 +183,8 @@ impl Frames {
         self.counts.bytes.fetch_sub(f.len(), Ordering::AcqRel);
         Some(f)
     }
-}
 
-#[cfg(test)]
-impl Frames {
+    /// The next frame if one is waiting (the writer batches what is queued into one flush).
     pub fn try_recv(&mut self) -> Option<Frame> {
         let f = self.rx.try_recv().ok()?;
         self.counts.messages.fetch_sub(1, Ordering::AcqRel);

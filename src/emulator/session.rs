@@ -171,11 +171,12 @@ async fn finish_writer(writer: &mut tokio::task::JoinHandle<()>) {
     }
 }
 
-/// Sends the queue's frames in order until a close frame. A cut (the queue over its bound)
-/// overtakes the backlog, which is dropped at once (its memory freed), and does not wait for the
-/// frame being sent (tungstenite completes it ahead of the goodbye, so frames stay whole). The
-/// goodbye is sent as far as the client takes it within `CLOSE_GRACE`; one that does not read
-/// takes none of it, and the session drops the socket.
+/// Sends the queue's frames in order until a close frame: what is waiting is written as one
+/// batch and flushed once (one write for a burst of broadcasts, not one per frame). A cut (the
+/// queue over its bound) overtakes the backlog, which is dropped at once (its memory freed), and
+/// does not wait for the batch being sent (tungstenite completes the frame it is writing ahead of
+/// the goodbye, so frames stay whole). The goodbye is sent as far as the client takes it within
+/// `CLOSE_GRACE`; one that does not read takes none of it, and the session drops the socket.
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut frames: Frames,
@@ -191,11 +192,20 @@ async fn write_loop(
                 None => return,
             },
         };
-        let last = matches!(f, Frame::Close(..));
+        let mut last = matches!(f, Frame::Close(..));
+        let batch = async {
+            sink.feed(message(f)).await?;
+            while !last {
+                let Some(f) = frames.try_recv() else { break };
+                last = matches!(f, Frame::Close(..));
+                sink.feed(message(f)).await?;
+            }
+            sink.flush().await
+        };
         let sent = tokio::select! {
             biased;
             g = &mut cut => break g.unwrap_or_default(),
-            r = sink.send(message(f)) => r,
+            r = batch => r,
         };
         if last {
             let _ = closed.send(false);
