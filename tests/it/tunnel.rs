@@ -353,7 +353,7 @@ async fn emulator_pings_tunnels_drops_silent_ones_and_hubhook_tunnel_stays_conne
                 .iter()
                 .map(|c| c.connection_id.clone())
                 .collect::<Vec<_>>(),
-            [first.clone()],
+            [first],
             "still connected after {pings} pings"
         );
         // It stops reading, so it stops answering pings: closed after three silent intervals.
