@@ -305,14 +305,20 @@ async fn session(s: Arc<Shared>, info: TunnelInfo, socket: WebSocket) {
                     break;
                 }
                 ticks += 1;
-                let ping = sink.send(WsMessage::Ping(Bytes::from_static(b"hubhook"))).await;
-                let status = if ticks % 2 == 0 {
+                let mut out = vec![WsMessage::Ping(Bytes::from_static(b"hubhook"))];
+                if ticks % 2 == 0 {
                     let m = Message::ServiceStatus { message: "keepalive".into() };
-                    sink.send(WsMessage::Binary(m.encode().into())).await
-                } else {
-                    Ok(())
-                };
-                if ping.is_err() || status.is_err() {
+                    out.push(WsMessage::Binary(m.encode().into()));
+                }
+                // A peer that stopped reading long ago may not take even a ping: bounded.
+                let sent = tokio::time::timeout(every * SILENT_INTERVALS, async {
+                    for m in out {
+                        sink.send(m).await?;
+                    }
+                    Ok::<(), axum::Error>(())
+                })
+                .await;
+                if !matches!(sent, Ok(Ok(()))) {
                     break;
                 }
             }

@@ -166,8 +166,12 @@ async fn azurite_stopped_mid_run_is_503_then_recovers() {
     );
     // /healthz while frozen: a 503 with the store's reason, not a hang (its probe — a write and
     // an outbox read — is bounded by the store's deadline; a wait of 20 s bounds the test).
+    let t = std::time::Instant::now();
     let (status, body) = healthz(&http, port).await;
-    eprintln!("/healthz while frozen: {status}: {body}");
+    eprintln!(
+        "/healthz while frozen: {status} after {:?}: {body}",
+        t.elapsed()
+    );
     assert_eq!(status, 503, "{body}");
     assert!(
         body.contains("azuretable") && body.contains("timed out"),
