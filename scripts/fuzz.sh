@@ -9,6 +9,9 @@
 # from its last stats line), and whether it crashed — and exits non-zero if any target crashed.
 # A crash leaves its input under fuzz/artifacts/<target>/; see fuzz/README.md for what to do next.
 #
+# The targets are the [[bin]]s of fuzz/Cargo.toml (`cargo fuzz list`): webhook, connection_string,
+# connection_state, client_frame, odata_filter, jwt, tunnel_frame.
+#
 # Needs the nightly toolchain (libFuzzer instrumentation); installs cargo-fuzz if it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"

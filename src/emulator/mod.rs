@@ -132,6 +132,9 @@ pub struct EmulatorConfig {
     pub origin: String,
     /// Told about every webhook call (`hubhook dev` prints one line each).
     pub on_webhook: Option<WebhookObserver>,
+    /// Tunnel connections get a WebSocket ping this often and a `ServiceStatus` every second
+    /// time; one silent for three intervals is closed (see `tunnel`). Zero: none. Default 30 s.
+    pub tunnel_keepalive: Duration,
 }
 
 impl fmt::Debug for EmulatorConfig {
@@ -165,6 +168,7 @@ impl EmulatorConfig {
             reliable_limit: BufferLimit::RELIABLE,
             origin: "localhost".into(),
             on_webhook: None,
+            tunnel_keepalive: Duration::from_secs(30),
         }
     }
 }
@@ -298,7 +302,7 @@ impl Emulator {
                 source,
             })?;
         check_bind(&config, addr)?;
-        let tunnels = Arc::new(Tunnels::default());
+        let tunnels = Arc::new(Tunnels::with_keepalive(config.tunnel_keepalive));
         let shared = Arc::new(Shared {
             registry: hub::Registry::default(),
             upstream: upstream::Upstream::new(

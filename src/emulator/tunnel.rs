@@ -6,6 +6,16 @@
 //! `"Type"` always in the JSON, only binary frames, one message per frame, the body as `bin`,
 //! no `Host` header. Answers are matched by `AckId`; `NotCompleted` chunks are joined; a closed
 //! connection fails its pending requests at once.
+//!
+//! Keepalive (reference §7.2, §7.5): every [`EmulatorConfig::tunnel_keepalive`] each connection
+//! gets a WebSocket ping — the real service pings its WebSockets; whether on tunnels too and how
+//! often is unverified, hence the setting — and every second interval a `ServiceStatus`, which
+//! clients ignore but which keeps tools beta.12–14 (whose SDK drops a connection after 120 s
+//! without a *message*) from cycling; at the default 30 s that is once a minute, as §7.5 asks. A
+//! connection from which nothing (pong, ping or frame) is heard for [`SILENT_INTERVALS`]
+//! intervals is closed, so webhooks are not routed into a dead path.
+//!
+//! [`EmulatorConfig::tunnel_keepalive`]: super::EmulatorConfig::tunnel_keepalive
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -50,6 +60,10 @@ struct Pending {
     body: BytesMut,
 }
 
+/// A tunnel connection silent (no pong, ping or frame) for this many keepalive intervals is
+/// closed.
+pub const SILENT_INTERVALS: u32 = 3;
+
 /// Every hub's tunnel connections.
 #[derive(Default)]
 pub struct Tunnels {
@@ -57,9 +71,19 @@ pub struct Tunnels {
     next: AtomicUsize,
     ack: AtomicU64,
     ids: AtomicU64,
+    /// Ping interval (zero: no keepalive, as by `Default`).
+    keepalive: Duration,
 }
 
 impl Tunnels {
+    /// Tunnels kept alive every `keepalive` (see the module's documentation; zero: never).
+    pub fn with_keepalive(keepalive: Duration) -> Self {
+        Tunnels {
+            keepalive,
+            ..Default::default()
+        }
+    }
+
     /// The connections of `hub` (case-insensitive), oldest first.
     pub fn connections(&self, hub: &str) -> Vec<TunnelInfo> {
         self.of(hub).iter().map(|c| c.info.clone()).collect()
@@ -262,8 +286,42 @@ async fn session(s: Arc<Shared>, info: TunnelInfo, socket: WebSocket) {
     });
     s.tunnels.conns.lock().unwrap().push(conn.clone());
     tracing::info!(target: "hubhook::emulator", hub = %info.hub, id = %info.connection_id, target = ?info.target, "tunnel connected");
+    let every = s.tunnels.keepalive;
+    // Without keepalive the timer never fires (a day at a time).
+    let period = if every.is_zero() {
+        Duration::from_secs(86_400)
+    } else {
+        every
+    };
+    let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
+    let mut heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
+            _ = keepalive.tick(), if !every.is_zero() => {
+                if heard.elapsed() >= every * SILENT_INTERVALS {
+                    tracing::info!(target: "hubhook::emulator", id = %info.connection_id, "tunnel silent for {SILENT_INTERVALS} keepalive intervals: closed");
+                    break;
+                }
+                ticks += 1;
+                let mut out = vec![WsMessage::Ping(Bytes::from_static(b"hubhook"))];
+                if ticks % 2 == 0 {
+                    let m = Message::ServiceStatus { message: "keepalive".into() };
+                    out.push(WsMessage::Binary(m.encode().into()));
+                }
+                // A peer that stopped reading long ago may not take even a ping: bounded.
+                let sent = tokio::time::timeout(every * SILENT_INTERVALS, async {
+                    for m in out {
+                        sink.send(m).await?;
+                    }
+                    Ok::<(), axum::Error>(())
+                })
+                .await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    break;
+                }
+            }
             out = rx.recv() => {
                 let Some(frame) = out else { break };
                 // A close order is sent, then the connection ends (the client stops for good).
@@ -274,6 +332,7 @@ async fn session(s: Arc<Shared>, info: TunnelInfo, socket: WebSocket) {
             }
             inbound = stream.next() => match inbound {
                 Some(Ok(WsMessage::Binary(data))) => {
+                    heard = tokio::time::Instant::now();
                     for m in decode_frame(&data) {
                         match m {
                             Ok(Message::HttpResponse(r)) => conn.answer(r),
@@ -283,7 +342,8 @@ async fn session(s: Arc<Shared>, info: TunnelInfo, socket: WebSocket) {
                     }
                 }
                 Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => {}
+                // Pongs (and the client's own pings, answered by axum): it is alive.
+                Some(Ok(_)) => heard = tokio::time::Instant::now(),
             }
         }
     }

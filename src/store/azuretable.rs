@@ -121,6 +121,10 @@ const MAX_BATCH_OPS: usize = 100;
 const MAX_REASON: usize = 600;
 const ACCEPT: &str = "application/json;odata=minimalmetadata";
 const STORAGE_RESOURCE: &str = "https://storage.azure.com/";
+/// The App Service / Functions identity endpoint's protocol version (`X-IDENTITY-HEADER`).
+const IDENTITY_API_VERSION: &str = "2019-08-01";
+/// A managed identity's token is used until this long before it expires, then fetched anew.
+pub const TOKEN_MARGIN: Duration = Duration::from_secs(300);
 /// Azurite's published development account (not a secret).
 const DEV_ACCOUNT: &str = "devstoreaccount1";
 const DEV_KEY: &str =
@@ -460,7 +464,10 @@ impl AzureTableStore {
         }
     }
 
-    /// The managed identity's token for Azure Storage, cached until 5 minutes before expiry.
+    /// The managed identity's token for Azure Storage, cached until [`TOKEN_MARGIN`] before it
+    /// expires. Any failure to get one is [`StoreError::Unavailable`] (the webhook is not at
+    /// fault and a retry may find the identity endpoint back): one line with the HTTP status and
+    /// the endpoint's own short reason, never the token or `IDENTITY_HEADER`.
     async fn bearer(&self) -> Result<String, StoreError> {
         let Account::ManagedIdentity {
             identity_endpoint,
@@ -472,17 +479,22 @@ impl AzureTableStore {
         };
         let mut cached = self.token.lock().await;
         if let Some((t, exp)) = cached.as_ref() {
-            if *exp - 300_000 > now_ms() {
+            if *exp - TOKEN_MARGIN.as_millis() as i64 > now_ms() {
                 return Ok(t.clone());
             }
         }
-        let unavailable =
-            |what: &str| StoreError::Unavailable(format!("azuretable: managed identity: {what}"));
+        let unavailable = |what: &str| {
+            let what = redact(what, &[identity_header]);
+            StoreError::Unavailable(clip(format!(
+                "azuretable: managed identity: {}",
+                one_line(&what, MAX_REASON)
+            )))
+        };
         let mut url = url::Url::parse(identity_endpoint)
             .map_err(|_| StoreError::Failed("azuretable: IDENTITY_ENDPOINT is not a URL".into()))?;
         url.query_pairs_mut()
             .append_pair("resource", STORAGE_RESOURCE)
-            .append_pair("api-version", "2019-08-01");
+            .append_pair("api-version", IDENTITY_API_VERSION);
         let r = self
             .http
             .get(url)
@@ -490,31 +502,61 @@ impl AzureTableStore {
             .timeout(self.attempt_timeout())
             .send()
             .await
-            .map_err(|e| unavailable(&transport(&e)))?;
+            .map_err(|e| unavailable(&format!("token request failed: {}", transport(&e))))?;
         let status = r.status();
-        if !status.is_success() {
-            let what = format!("token request answered HTTP {}", status.as_u16());
-            return Err(if is_transient(status) {
-                unavailable(&what)
-            } else {
-                StoreError::Failed(format!("azuretable: managed identity: {what}"))
-            });
-        }
-        let v: Value = r
-            .json()
+        let body = r
+            .bytes()
             .await
-            .map_err(|_| unavailable("unreadable token answer"))?;
+            .map_err(|e| unavailable(&format!("token answer unreadable: {}", transport(&e))))?;
+        let v: Option<Value> = serde_json::from_slice(&body).ok();
+        if !status.is_success() {
+            // App Service: `{"statusCode":400,"message":"…"}`; IMDS-style: `error_description`.
+            let said = v
+                .as_ref()
+                .and_then(|v| {
+                    v["message"]
+                        .as_str()
+                        .or_else(|| v["error_description"].as_str())
+                        .or_else(|| v["error"].as_str())
+                })
+                .map(|m| format!(": {}", one_line(m, 200)))
+                .unwrap_or_default();
+            return Err(unavailable(&format!(
+                "token request answered HTTP {}{said}",
+                status.as_u16()
+            )));
+        }
+        let v = v.ok_or_else(|| unavailable("token answer is not JSON"))?;
         let token = v["access_token"]
             .as_str()
-            .ok_or_else(|| unavailable("no access_token in the answer"))?
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| unavailable("no access_token in the token answer"))?
             .to_string();
-        let expires_s = match &v["expires_on"] {
-            Value::String(s) => s.parse::<i64>().ok(),
+        let seconds = |k: &str| match &v[k] {
+            Value::String(s) => s.trim().parse::<i64>().ok(),
             v => v.as_i64(),
-        }
-        .unwrap_or(0);
-        *cached = Some((token.clone(), expires_s.saturating_mul(1000)));
+        };
+        // `expires_on` (Unix seconds) as 2019-08-01 answers; else `expires_in` from now; else
+        // not cached at all.
+        let expires_ms = seconds("expires_on")
+            .map(|s| s.saturating_mul(1000))
+            .or_else(|| {
+                seconds("expires_in").map(|s| now_ms().saturating_add(s.saturating_mul(1000)))
+            })
+            .unwrap_or(0);
+        *cached = Some((token.clone(), expires_ms));
         Ok(token)
+    }
+
+    /// Forgets the cached token (the table refused it: revoked, or the clock is off).
+    async fn drop_token(&self, used: &str) {
+        let mut cached = self.token.lock().await;
+        if cached
+            .as_ref()
+            .is_some_and(|(t, _)| used.ends_with(t.as_str()))
+        {
+            *cached = None;
+        }
     }
 
     fn attempt_timeout(&self) -> Duration {
@@ -544,6 +586,7 @@ impl AzureTableStore {
         let max_backoff = (deadline / 4).min(Duration::from_secs(1));
         let mut backoff = Duration::from_millis(25);
         let mut attempt = 0;
+        let mut token_renewed = false;
         loop {
             attempt += 1;
             let date = http_date();
@@ -561,7 +604,7 @@ impl AzureTableStore {
                 .header("Accept", ACCEPT)
                 .header("DataServiceVersion", "3.0;NetFx")
                 .header("MaxDataServiceVersion", "3.0;NetFx")
-                .header("Authorization", auth);
+                .header("Authorization", &auth);
             for (k, v) in headers {
                 req = req.header(*k, v);
             }
@@ -583,6 +626,16 @@ impl AzureTableStore {
                 }
                 Err(e) => Err(transport(&e)),
             };
+            // A managed identity's token the table refuses (revoked, or cached past a clock
+            // change): fetched anew, once per call.
+            if matches!(&outcome, Ok(r) if r.status == StatusCode::UNAUTHORIZED)
+                && matches!(self.account, Account::ManagedIdentity { .. })
+                && !token_renewed
+            {
+                token_renewed = true;
+                self.drop_token(&auth).await;
+                continue;
+            }
             let retry = match &outcome {
                 Ok(r) => is_transient(r.status),
                 Err(_) => true,
@@ -1261,6 +1314,14 @@ fn clip(mut reason: String) -> String {
         reason.push('…');
     }
     reason
+}
+
+/// `s` with every (non-empty) secret replaced.
+fn redact(s: &str, secrets: &[&str]) -> String {
+    secrets
+        .iter()
+        .filter(|x| !x.is_empty())
+        .fold(s.to_string(), |s, x| s.replace(x, "…"))
 }
 
 fn one_line(s: &str, max: usize) -> String {

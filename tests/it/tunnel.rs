@@ -298,3 +298,98 @@ async fn official_quickstart_through_emulator_tunnel_and_serve_with_a_tunnel_res
     })
     .await;
 }
+
+/// The emulator keeps tunnels alive (reference §7.2, §7.5; interval shortened to 200 ms here):
+/// a raw tunnel client that reads sees WebSocket pings and `ServiceStatus` frames and stays
+/// connected; once it stops reading (so stops answering pings) it is closed after three silent
+/// intervals. `hubhook tunnel` answers the pings and skips the statuses: the same connection
+/// stays up across many intervals, with nothing lost or reconnected, and webhooks still flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emulator_pings_tunnels_drops_silent_ones_and_hubhook_tunnel_stays_connected() {
+    use futures_util::StreamExt;
+    use hubhook::tunnel::{dial_url, Dial};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+    bounded(60, "tunnel keepalive", async {
+        let every = Duration::from_millis(200);
+        let mut c = EmulatorConfig::local(
+            0,
+            vec![HandlerSettings::all_events(
+                "chat",
+                "tunnel:///eventhandler",
+            )],
+        );
+        c.access_key = KEY.into();
+        c.upstream_timeout = Duration::from_secs(5);
+        c.tunnel_keepalive = every;
+        let emu = Emulator::start(c).await.unwrap();
+
+        // A raw tunnel client that reads: pings (answered by tungstenite) and statuses arrive.
+        let cs = ConnectionString::parse(emu.connection_string()).unwrap();
+        let dial = Dial {
+            endpoint: emu.endpoint(),
+            target: None,
+        };
+        let url = dial_url(&dial, "chat", &cs.access_key, "raw-tunnel").unwrap();
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .unwrap();
+        let (mut pings, mut statuses, mut first) = (0, 0, None);
+        while pings < 6 || statuses < 2 {
+            match ws.next().await {
+                Some(Ok(WsMessage::Ping(_))) => pings += 1,
+                Some(Ok(WsMessage::Binary(b))) => match decode(&b) {
+                    Ok(Message::ConnectionConnected(c)) => first = Some(c.connection_id),
+                    Ok(Message::ServiceStatus { .. }) => statuses += 1,
+                    other => panic!("unexpected frame {other:?}"),
+                },
+                other => panic!("the raw tunnel ended: {other:?}"),
+            }
+        }
+        let first = first.expect("ConnectionConnected first");
+        assert_eq!(
+            emu.tunnels()
+                .connections("chat")
+                .iter()
+                .map(|c| c.connection_id.clone())
+                .collect::<Vec<_>>(),
+            [first],
+            "still connected after {pings} pings"
+        );
+        // It stops reading, so it stops answering pings: closed after three silent intervals.
+        connected(&emu, 0).await;
+        drop(ws);
+
+        // `hubhook tunnel` over many intervals: one connection throughout, webhooks flow.
+        let stand_in = StandIn::start(Script::handler(|r| {
+            Some(match r.method.as_str() {
+                "OPTIONS" => reply(200).header("WebHook-Allowed-Origin", "*"),
+                _ => reply(204),
+            })
+        }))
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("tunnel.log");
+        let _t = tunnel(&emu, &stand_in.url(""), &log);
+        connected(&emu, 1).await;
+        let id = emu.tunnels().connections("chat")[0].connection_id.clone();
+        // 15 intervals: five times what a silent connection survives (a bounded wait, not a
+        // timing assertion: the check is that nothing changed).
+        tokio::time::sleep(every * 15).await;
+        let now: Vec<_> = emu
+            .tunnels()
+            .connections("chat")
+            .into_iter()
+            .map(|c| c.connection_id)
+            .collect();
+        assert_eq!(now, [id], "the same connection throughout: {}", read(&log));
+        assert_eq!(client_connect(&emu).await, 101, "{}", read(&log));
+        let out = read(&log);
+        assert!(
+            !out.contains("lost") && !out.contains("reconnect") && !out.contains("malformed"),
+            "{out}"
+        );
+        assert!(out.contains("connect      -> 204"), "{out}");
+    })
+    .await;
+}

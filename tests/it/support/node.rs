@@ -300,6 +300,8 @@ pub struct Azurite {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// Beyond host, port and location (e.g. `--oauth basic --cert … --key …`).
+    extra: Vec<String>,
 }
 
 /// Azurite's published development account key (not a secret).
@@ -309,6 +311,11 @@ pub const AZURITE_KEY: &str =
 impl Azurite {
     /// A running Azurite, or `None` (skipped, see [`node_or_skip`]) without Node.js.
     pub async fn start_or_skip(test: &str) -> Option<Azurite> {
+        Azurite::start_with_or_skip(test, &[]).await
+    }
+
+    /// The same with more command-line options (HTTPS and OAuth: `--oauth basic --cert C --key K`).
+    pub async fn start_with_or_skip(test: &str, extra: &[&str]) -> Option<Azurite> {
         let node = node_or_skip(test)?;
         node.require(&["azurite"]);
         let mut last = String::new();
@@ -317,6 +324,7 @@ impl Azurite {
                 child: None,
                 port: free_port(),
                 dir: tempfile::tempdir().unwrap(),
+                extra: extra.iter().map(|a| a.to_string()).collect(),
             };
             match a.run().await {
                 Ok(()) => return Some(a),
@@ -349,6 +357,7 @@ impl Azurite {
             .arg("--location")
             .arg(self.dir.path())
             .args(["--silent", "--skipApiVersionCheck", "--disableTelemetry"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
