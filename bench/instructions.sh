@@ -138,9 +138,9 @@ measure() {
       pid=$!; pids+=("$pid")
       wait_port "$port" "$pid"
       client "$workload" "$port" "$W"
-      callgrind_control -z "$pid" >/dev/null
+      callgrind_control -z "$pid" >/dev/null 2>&1
       client "$workload" "$port" "$N"
-      callgrind_control -d "$pid" >/dev/null
+      callgrind_control -d "$pid" >/dev/null 2>&1
       # The dump written by -d: events since the zeroing, all threads.
       local dump
       dump=$(ls -t "$RUN/$name".cg."$pid".* 2>/dev/null | head -1)
@@ -166,7 +166,8 @@ for t in $TARGETS; do
       wait_port "$sport" "$spid"
       measure serve w2 WEBPUBSUB_CONNECTION_STRING="Endpoint=http://127.0.0.1:$sport;AccessKey=$KEY;Version=1.0;" \
         HUBHOOK_STORE="sqlite://$PWD/$RUN/w2.db" -- "$(bin hubhook)" serve
-      kill -KILL "$spid" 2>/dev/null || true ;;
+      kill -KILL "$spid" 2>/dev/null || true
+      wait "$spid" 2>/dev/null || true ;;
     *) echo "instructions.sh: unknown target $t" >&2; exit 1 ;;
   esac
 done
