@@ -5,6 +5,11 @@
 //! peer does not verify), a user event is answered with its own data, `connect` is accepted and
 //! `connected`/`disconnected` are acknowledged. No store, no broadcast, no logging.
 //!
+//! The request is taken whole (headers borrowed, body read once with the 1 MiB webhook limit,
+//! as `hubhook serve` does) and a user event is answered with the very bytes it came with: the
+//! parser has checked them (UTF-8 text, valid JSON), so serialising its parsed copy again would
+//! only cost time. A JSON echo is the same JSON, byte for byte as the client sent it.
+//!
 //! ```text
 //! WEBPUBSUB_CONNECTION_STRING='Endpoint=http://127.0.0.1:1;AccessKey=...;Version=1.0;' \
 //! PORT=8090 cargo run --release --example echo
@@ -17,13 +22,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, Response};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, Response, StatusCode};
 use axum::routing::any;
 use axum::Router;
+use hubhook::http::{read_body, MAX_BODY_BYTES};
 use hubhook::protocol::{
-    failure, notification_ack, user_event_reply, AllowedOrigins, ConnectResponse, Event,
-    ProtocolError, SignatureVerifier, WebhookParser,
+    failure, notification_ack, AllowedOrigins, ConnectResponse, Event, EventData, ProtocolError,
+    SignatureVerifier, WebhookParser,
 };
 use hubhook::service::ConnectionString;
 
@@ -32,18 +38,33 @@ struct Echo {
     origins: AllowedOrigins,
 }
 
-async fn webhook(
-    State(app): State<Arc<Echo>>,
-    method: Method,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response<Body> {
-    let response = match method {
-        Method::POST => match app.parser.parse(&headers, body) {
-            Ok(hook) => match &hook.event {
-                Event::User(u) => user_event_reply(Some(&u.data), None),
-                Event::Connect(_) => ConnectResponse::default().into_response(None),
-                Event::Connected | Event::Disconnected(_) => notification_ack(),
+/// A user event's own body back, with the content type its data was read as.
+fn echo(data: &EventData, body: Bytes) -> Response<Bytes> {
+    let content_type = match data {
+        EventData::Text(_) => "text/plain; charset=utf-8",
+        EventData::Json(_) => "application/json; charset=utf-8",
+        EventData::Binary(_) => "application/octet-stream",
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = StatusCode::OK;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+async fn webhook(State(app): State<Arc<Echo>>, request: Request) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let response = match parts.method {
+        Method::POST => match read_body(headers, body, MAX_BODY_BYTES).await {
+            // `Bytes` clones share the buffer: the parser gets one, the reply the other.
+            Ok(body) => match app.parser.parse(headers, body.clone()) {
+                Ok(hook) => match &hook.event {
+                    Event::User(u) => echo(&u.data, body),
+                    Event::Connect(_) => ConnectResponse::default().into_response(None),
+                    Event::Connected | Event::Disconnected(_) => notification_ack(),
+                },
+                Err(e) => failure(e.status(), &e.to_string()),
             },
             Err(e) => failure(e.status(), &e.to_string()),
         },

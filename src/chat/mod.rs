@@ -285,12 +285,24 @@ impl Chat {
         ctx: &EventContext,
         payload: Value,
     ) -> Broadcast {
+        self.pending_text(kind, id, room, ctx, payload.to_string())
+    }
+
+    /// [`Chat::pending`] with the payload already serialised.
+    fn pending_text(
+        &self,
+        kind: BroadcastKind,
+        id: String,
+        room: &str,
+        ctx: &EventContext,
+        payload: String,
+    ) -> Broadcast {
         let now = now_ms();
         Broadcast {
             id,
             kind,
             room: room.to_string(),
-            payload: payload.to_string(),
+            payload,
             connection_id: ctx.connection_id.clone(),
             ce_id: ctx.ce_id.clone(),
             created_ms: now,
@@ -321,17 +333,29 @@ impl Chat {
             at_ms: event_time_ms(ctx),
         };
         let stored = crate::store::StoredMessage::from_new(&new);
-        let payload = json!({
-            "type": "message", "room": stored.room, "id": stored.id, "from": stored.from,
-            "text": stored.text, "at": stored.at,
-        });
-        let broadcast = self.pending(BroadcastKind::Message, stored.id, &room, ctx, payload);
+        // Serialised straight from borrowed fields: the same bytes `json!({..}).to_string()`
+        // gave (keys in this order), without building a `Value` tree first.
+        let payload = serde_json::to_string(&MessagePayload {
+            kind: "message",
+            room: &stored.room,
+            id: &stored.id,
+            from: stored.from.as_deref(),
+            text: &stored.text,
+            at: &stored.at,
+        })
+        .expect("a message payload serialises");
+        let broadcast = self.pending_text(BroadcastKind::Message, stored.id, &room, ctx, payload);
         let appended = self.inner.store.append(new, broadcast).await?;
         let m = &appended.message;
-        let mut reply = json!({ "type": "stored", "id": m.id, "room": m.room, "stored": true });
-        if !appended.inserted {
-            reply["duplicate"] = true.into();
-        }
+        let mut reply = StoredReply {
+            kind: "stored",
+            id: &m.id,
+            room: &m.room,
+            stored: true,
+            duplicate: (!appended.inserted).then_some(true),
+            broadcast: None,
+            error: None,
+        };
         match appended.pending {
             None => {
                 tracing::info!(ce_id = %ctx.ce_id, id = %m.id, "retried message event: already stored and broadcast");
@@ -341,18 +365,17 @@ impl Chat {
                     tracing::info!(ce_id = %ctx.ce_id, id = %m.id, "retried message event: sending its unsent broadcast");
                 }
                 let sent = self.inner.outbox.deliver(pending).await;
-                reply["broadcast"] = sent.is_ok().into();
+                reply.broadcast = Some(sent.is_ok());
                 if let Err(e) = sent {
                     tracing::error!(ce_id = %ctx.ce_id, id = %m.id, error = %e, "message stored, broadcast queued for retry");
-                    reply["error"] =
-                        format!("broadcast failed: {e} (queued: it will be retried)").into();
+                    reply.error = Some(format!(
+                        "broadcast failed: {e} (queued: it will be retried)"
+                    ));
                 }
             }
         }
-        Ok(protocol::user_event_reply(
-            Some(&EventData::Json(reply)),
-            None,
-        ))
+        let body = serde_json::to_vec(&reply).expect("a reply serialises");
+        Ok(protocol::json_reply(body.into()))
     }
 
     async fn relay(
@@ -457,6 +480,35 @@ impl Chat {
         };
         Ok((text, room))
     }
+}
+
+/// A stored message as broadcast to its room (`{"type":"message",...}`).
+#[derive(serde::Serialize)]
+struct MessagePayload<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    room: &'a str,
+    id: &'a str,
+    from: Option<&'a str>,
+    text: &'a str,
+    at: &'a str,
+}
+
+/// The reply to a `message` event (`{"type":"stored",...}`); keys in the order they were
+/// always sent, the optional ones only when set.
+#[derive(serde::Serialize)]
+struct StoredReply<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: &'a str,
+    room: &'a str,
+    stored: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duplicate: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    broadcast: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 fn mqtt_of<'a>(

@@ -70,11 +70,19 @@ impl Outbox {
     }
 
     async fn deliver_now(&self, b: &Broadcast) -> Result<(), BroadcastError> {
-        let payload = serde_json::from_str(&b.payload).unwrap_or_else(|_| b.payload.clone().into());
-        let sent = self
-            .service
-            .send_to_group(&b.room, &EventData::Json(payload), &SendOptions::default())
-            .await;
+        // The payload was serialised from a `Value` when it was stored, so it goes out as that
+        // text: parsing it into a `Value` to serialise it again gave the same bytes, at the cost
+        // of a tree of allocations. Validated without building anything; text that is not JSON
+        // (never written by hubhook) is still sent as a JSON string, as before.
+        let valid = serde_json::from_str::<serde::de::IgnoredAny>(&b.payload).is_ok();
+        let opts = SendOptions::default();
+        let sent = if valid {
+            let json = bytes::Bytes::from(b.payload.clone());
+            self.service.send_json_to_group(&b.room, json, &opts).await
+        } else {
+            let text = EventData::Json(b.payload.clone().into());
+            self.service.send_to_group(&b.room, &text, &opts).await
+        };
         match sent {
             Ok(()) => {
                 if let Err(e) = self.store.broadcast_sent(b).await {

@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{any, get};
@@ -136,45 +135,66 @@ impl IntoResponse for AppError {
     }
 }
 
+/// The request taken whole, not through `HeaderMap` + `Bytes` extractors: those clone every
+/// header (an allocation and a reference count per header) and collect the body through a
+/// frame list. Here the headers are borrowed from the request and the body is read once.
 async fn webhook(
     State(app): State<Arc<AppState>>,
-    method: Method,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<Response<Body>, AppError> {
-    match method {
-        Method::OPTIONS => handshake(&app, &headers),
+    let (parts, body) = request.into_parts();
+    match parts.method {
+        Method::OPTIONS => handshake(&app, &parts.headers),
         Method::POST => {
-            let body = webhook_body(&headers, body)?;
-            Ok(handle_event(&app, &headers, body).await)
+            let body = read_body(&parts.headers, body, MAX_BODY_BYTES).await?;
+            Ok(handle_event(&app, &parts.headers, body).await)
         }
         m => Err(ProtocolError::MethodNotAllowed(m.to_string()).into()),
     }
 }
 
-/// The body, or 413 for one over [`MAX_BODY_BYTES`] (refused by its `content-length` before a
-/// byte is read, or as soon as a chunked body passes the limit).
-fn webhook_body(
+/// A webhook's body, or 413 for one over `limit`: refused by its `content-length` before a byte
+/// is read, or as soon as a chunked body passes the limit. A body that arrives in one piece (the
+/// usual case) is returned as it is, without a copy.
+pub async fn read_body(
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
+    limit: usize,
 ) -> Result<Bytes, ProtocolError> {
-    let too_large = ProtocolError::TooLarge {
-        limit: MAX_BODY_BYTES,
-    };
+    use futures_util::StreamExt;
+    let too_large = || ProtocolError::TooLarge { limit };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(too_large);
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
     }
-    body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => too_large,
-        _ => ProtocolError::InvalidBody {
-            event: "webhook",
-            reason: e.body_text(),
-        },
-    })
+    let failed = |e: axum::Error| ProtocolError::InvalidBody {
+        event: "webhook",
+        reason: format!("failed to read the request body: {e}"),
+    };
+    let mut chunks = body.into_data_stream();
+    let mut first = Bytes::new();
+    let mut joined: Option<bytes::BytesMut> = None;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(failed)?;
+        let so_far = joined.as_ref().map_or(first.len(), |j| j.len());
+        if so_far + chunk.len() > limit {
+            return Err(too_large());
+        }
+        match &mut joined {
+            Some(j) => j.extend_from_slice(&chunk),
+            None if first.is_empty() => first = chunk,
+            None => {
+                let mut j = bytes::BytesMut::with_capacity(first.len() + chunk.len());
+                j.extend_from_slice(&first);
+                j.extend_from_slice(&chunk);
+                joined = Some(j);
+            }
+        }
+    }
+    Ok(joined.map_or(first, bytes::BytesMut::freeze))
 }
 
 fn handshake(app: &AppState, headers: &HeaderMap) -> Result<Response<Body>, AppError> {
@@ -327,4 +347,58 @@ async fn healthz(
         return (report.status, axum::Json(&report)).into_response();
     }
     crate::protocol::failure(report.status, &report.reason).map(Body::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunked(parts: &[&'static [u8]]) -> Body {
+        let chunks: Vec<Result<Bytes, std::io::Error>> =
+            parts.iter().map(|p| Ok(Bytes::from_static(p))).collect();
+        Body::from_stream(futures_util::stream::iter(chunks))
+    }
+
+    #[tokio::test]
+    async fn read_body_keeps_one_piece_and_joins_several() {
+        let none = HeaderMap::new();
+        let one = Bytes::from_static(b"hello");
+        let got = read_body(&none, Body::from(one.clone()), 10).await.unwrap();
+        assert_eq!(
+            got.as_ptr(),
+            one.as_ptr(),
+            "one piece is returned without a copy"
+        );
+        let got = read_body(&none, chunked(&[b"he", b"", b"ll", b"o"]), 10)
+            .await
+            .unwrap();
+        assert_eq!(got.as_ref(), b"hello");
+        let got = read_body(&none, chunked(&[]), 10).await.unwrap();
+        assert!(got.is_empty());
+    }
+
+    #[tokio::test]
+    async fn read_body_refuses_over_the_limit_declared_or_streamed() {
+        let mut declared = HeaderMap::new();
+        declared.insert(header::CONTENT_LENGTH, HeaderValue::from_static("11"));
+        // Refused on the header alone: the body is never polled.
+        let never =
+            Body::from_stream(futures_util::stream::pending::<Result<Bytes, std::io::Error>>());
+        assert_eq!(
+            read_body(&declared, never, 10).await,
+            Err(ProtocolError::TooLarge { limit: 10 })
+        );
+        let none = HeaderMap::new();
+        assert_eq!(
+            read_body(&none, chunked(&[b"123456", b"78901"]), 10).await,
+            Err(ProtocolError::TooLarge { limit: 10 })
+        );
+        assert_eq!(
+            read_body(&none, chunked(&[b"12345", b"67890"]), 10)
+                .await
+                .unwrap()
+                .as_ref(),
+            b"1234567890"
+        );
+    }
 }

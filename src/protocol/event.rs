@@ -299,64 +299,67 @@ impl WebhookParser {
     /// Parses a `POST`ed webhook. Cheap checks run first, so a forged request costs one HMAC and
     /// never a body parse. Over 80 lines: the order of the checks is the security property, and
     /// it reads best as one sequence.
+    ///
+    /// Header values are borrowed while they are checked; only what the [`Webhook`] keeps is
+    /// copied out (once), and the connection state is kept as text until first read.
     pub fn parse(&self, headers: &HeaderMap, body: Bytes) -> Result<Webhook, ProtocolError> {
         check_encoding(headers)?;
         let ce_type = required(headers, "ce-type")?;
         let connection_id = required(headers, "ce-connectionId")?;
-        checked("ce-connectionId", &connection_id, validate_connection_id)?;
+        checked("ce-connectionId", connection_id, validate_connection_id)?;
         if let Some(verifier) = &self.verifier {
             let lines = headers.get_all("ce-signature").iter().map(|v| v.as_bytes());
-            verifier.verify(lines, &connection_id)?;
+            verifier.verify(lines, connection_id)?;
         }
         let hub = required(headers, "ce-hub")?;
         if !hub.eq_ignore_ascii_case(&self.hub) {
             return Err(ProtocolError::WrongHub {
-                got: hub,
+                got: hub.to_string(),
                 expected: self.hub.clone(),
             });
         }
         let ce_id = required(headers, "ce-id")?;
-        checked("ce-id", &ce_id, validate_ce_id)?;
+        checked("ce-id", ce_id, validate_ce_id)?;
         let user_id = optional(headers, "ce-userId")?.filter(|s| !s.is_empty());
-        if let Some(u) = &user_id {
+        if let Some(u) = user_id {
             checked("ce-userId", u, validate_user_id)?;
         }
         let ce_time = optional(headers, "ce-time")?.filter(|s| !s.is_empty());
-        if let Some(t) = &ce_time {
+        if let Some(t) = ce_time {
             checked("ce-time", t, |t| parse_event_time(t).map(drop))?;
         }
         let event_name_header = optional(headers, "ce-eventName")?;
         let state = optional(headers, "ce-connectionState")?
             .map(|s| {
                 if self.dotnet_state {
-                    ConnectionState::decode_dotnet(&s)
+                    ConnectionState::decode_dotnet(s)
                 } else {
-                    ConnectionState::decode(&s)
+                    ConnectionState::decode(s)
                 }
             })
             .unwrap_or_default();
         let subprotocol = optional(headers, "ce-subprotocol")?.filter(|s| !s.is_empty());
         let physical = optional(headers, "ce-physicalConnectionId")?;
-        let mqtt = match (&subprotocol, physical) {
+        let mqtt = match (subprotocol, physical) {
             (Some(p), Some(physical_connection_id)) if p.to_ascii_lowercase().contains("mqtt") => {
                 checked(
                     "ce-physicalConnectionId",
-                    &physical_connection_id,
+                    physical_connection_id,
                     validate_connection_id,
                 )?;
                 let session_id = optional(headers, "ce-sessionId")?;
-                if let Some(s) = &session_id {
+                if let Some(s) = session_id {
                     checked("ce-sessionId", s, validate_connection_id)?;
                 }
                 Some(MqttContext {
-                    physical_connection_id,
-                    session_id,
+                    physical_connection_id: physical_connection_id.to_string(),
+                    session_id: session_id.map(String::from),
                 })
             }
             _ => None,
         };
 
-        let (event, event_name) = if let Some(sys) = strip_prefix_ci(&ce_type, TYPE_PREFIX_SYS) {
+        let (event, event_name) = if let Some(sys) = strip_prefix_ci(ce_type, TYPE_PREFIX_SYS) {
             let event = match sys.to_ascii_lowercase().as_str() {
                 "connect" => Event::Connect(json_body("connect", &body)?),
                 "connected" => Event::Connected,
@@ -367,14 +370,14 @@ impl WebhookParser {
                         json_body("disconnected", &body)?
                     })
                 }
-                _ => return Err(ProtocolError::UnknownType(ce_type)),
+                _ => return Err(ProtocolError::UnknownType(ce_type.to_string())),
             };
             (
                 event,
-                event_name_header.unwrap_or_else(|| sys.to_ascii_lowercase()),
+                event_name_header.map_or_else(|| sys.to_ascii_lowercase(), String::from),
             )
-        } else if let Some(name) = strip_prefix_ci(&ce_type, TYPE_PREFIX_USER) {
-            let name = event_name_header.unwrap_or_else(|| name.to_string());
+        } else if let Some(name) = strip_prefix_ci(ce_type, TYPE_PREFIX_USER) {
+            let name = event_name_header.unwrap_or(name).to_string();
             if name.is_empty() {
                 return Err(ProtocolError::InvalidHeader {
                     name: "ce-eventName",
@@ -390,20 +393,20 @@ impl WebhookParser {
                 name,
             )
         } else {
-            return Err(ProtocolError::UnknownType(ce_type));
+            return Err(ProtocolError::UnknownType(ce_type.to_string()));
         };
 
         Ok(Webhook {
             context: EventContext {
-                hub,
-                connection_id,
-                user_id,
+                hub: hub.to_string(),
+                connection_id: connection_id.to_string(),
+                user_id: user_id.map(String::from),
                 event_name,
-                ce_id,
-                ce_time,
-                subprotocol,
+                ce_id: ce_id.to_string(),
+                ce_time: ce_time.map(String::from),
+                subprotocol: subprotocol.map(String::from),
                 state,
-                origin: optional(headers, "WebHook-Request-Origin")?,
+                origin: optional(headers, "WebHook-Request-Origin")?.map(String::from),
                 mqtt,
             },
             event,
@@ -464,21 +467,28 @@ pub fn media_type(content_type: &str) -> String {
 
 fn user_data(headers: &HeaderMap, body: Bytes) -> Result<EventData, ProtocolError> {
     let ct = optional(headers, "content-type")?.unwrap_or_default();
-    match media_type(&ct).as_str() {
-        "text/plain" => String::from_utf8(body.to_vec())
-            .map(EventData::Text)
+    // The media type compared in place (no lower-cased copy): `;` ends it, case is ignored.
+    let media = ct.split(';').next().unwrap_or("").trim();
+    let is = |m: &str| media.eq_ignore_ascii_case(m);
+    if is("text/plain") {
+        // Checked in place, then copied once.
+        std::str::from_utf8(&body)
+            .map(|s| EventData::Text(s.to_string()))
             .map_err(|_| ProtocolError::InvalidBody {
                 event: "user",
                 reason: "text/plain body is not UTF-8".into(),
-            }),
-        "application/json" => serde_json::from_slice(&body)
+            })
+    } else if is("application/json") {
+        serde_json::from_slice(&body)
             .map(EventData::Json)
             .map_err(|e| ProtocolError::InvalidBody {
                 event: "user",
                 reason: format!("invalid JSON: {e}"),
-            }),
-        "application/octet-stream" => Ok(EventData::Binary(body)),
-        _ => Err(ProtocolError::UnsupportedContentType(ct)),
+            })
+    } else if is("application/octet-stream") {
+        Ok(EventData::Binary(body))
+    } else {
+        Err(ProtocolError::UnsupportedContentType(ct.to_string()))
     }
 }
 
@@ -499,19 +509,24 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 }
 
 /// `http` lower-cases names on lookup, so the canonical spellings here match any case on the wire.
-fn optional(headers: &HeaderMap, name: &'static str) -> Result<Option<String>, ProtocolError> {
+/// The value is borrowed from the request (trimmed); callers copy what they keep.
+fn optional<'h>(
+    headers: &'h HeaderMap,
+    name: &'static str,
+) -> Result<Option<&'h str>, ProtocolError> {
     match headers.get(name) {
         None => Ok(None),
-        Some(v) => v.to_str().map(|s| Some(s.trim().to_string())).map_err(|_| {
-            ProtocolError::InvalidHeader {
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(s.trim()))
+            .map_err(|_| ProtocolError::InvalidHeader {
                 name,
                 reason: "not visible ASCII".into(),
-            }
-        }),
+            }),
     }
 }
 
-fn required(headers: &HeaderMap, name: &'static str) -> Result<String, ProtocolError> {
+fn required<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<&'h str, ProtocolError> {
     optional(headers, name)?
         .filter(|s| !s.is_empty())
         .ok_or(ProtocolError::MissingHeader(name))

@@ -112,6 +112,12 @@ pub fn user_event_reply(
     with_state(resp, state)
 }
 
+/// The reply to a user event whose JSON body is already serialised (200, JSON content type):
+/// what `user_event_reply` answers for `EventData::Json`, without a `Value` in between.
+pub fn json_reply(body: Bytes) -> Response<Bytes> {
+    plain(StatusCode::OK, Some(JSON), body)
+}
+
 /// `connected` / `disconnected` are notifications: any 2xx will do and the body is ignored.
 pub fn notification_ack() -> Response<Bytes> {
     plain(StatusCode::OK, None, Bytes::new())

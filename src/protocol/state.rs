@@ -6,66 +6,115 @@
 //! apart from the bytes (an express value may itself be a base64 string). Like express, an undecodable
 //! value reads as empty state rather than failing the event: state is a cache, not an input.
 
+use std::sync::OnceLock;
+
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::{Map, Value};
 
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Decoded on first use, at most once: the parser keeps the header text, and a handler that
+/// never looks at the state (an echo, a `connected` ack) never pays for base64 + JSON, while
+/// one that reads several keys decodes once.
+#[derive(Clone, Default)]
 pub struct ConnectionState {
-    values: Map<String, Value>,
+    /// The header text and its format, until decoded (`None`: built empty or by `set`).
+    raw: Option<(Box<str>, Format)>,
+    values: OnceLock<Map<String, Value>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Express,
+    Dotnet,
+}
+
+impl std::fmt::Debug for ConnectionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionState")
+            .field("values", self.values())
+            .finish()
+    }
+}
+
+/// Two states are equal when they hold the same values, however they were read.
+impl PartialEq for ConnectionState {
+    fn eq(&self, other: &Self) -> bool {
+        self.values() == other.values()
+    }
 }
 
 impl ConnectionState {
     /// Reads the express format. A value that merely looks like base64 stays the string it is.
     pub fn decode(header: &str) -> Self {
-        ConnectionState {
-            values: decode_object(header),
-        }
+        Self::lazy(header, Format::Express)
     }
 
     /// Reads the .NET SDK's format (each value base64 of its JSON), e.g. for a hub moving from
     /// an ASP.NET Core handler (`HUBHOOK_STATE_FORMAT=dotnet`). Values that are not in that
     /// shape are kept as they are.
     pub fn decode_dotnet(header: &str) -> Self {
-        let values = decode_object(header)
-            .into_iter()
-            .map(|(k, v)| {
-                let decoded = v
-                    .as_str()
-                    .and_then(|s| STANDARD.decode(s).ok())
-                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
-                (k, decoded.unwrap_or(v))
-            })
-            .collect();
-        ConnectionState { values }
+        Self::lazy(header, Format::Dotnet)
+    }
+
+    fn lazy(header: &str, format: Format) -> Self {
+        ConnectionState {
+            raw: Some((header.into(), format)),
+            values: OnceLock::new(),
+        }
     }
 
     /// The `ce-connectionState` header value for this state.
     pub fn encode(&self) -> String {
-        STANDARD.encode(serde_json::to_vec(&self.values).expect("a JSON map always serialises"))
+        STANDARD.encode(serde_json::to_vec(self.values()).expect("a JSON map always serialises"))
     }
 }
 
 impl ConnectionState {
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.values.get(key)
+        self.values().get(key)
     }
 
     pub fn get_str(&self, key: &str) -> Option<&str> {
-        self.values.get(key).and_then(Value::as_str)
+        self.values().get(key).and_then(Value::as_str)
     }
 
     pub fn set(&mut self, key: impl Into<String>, value: impl Into<Value>) {
-        self.values.insert(key.into(), value.into());
+        self.values_mut().insert(key.into(), value.into());
     }
 
     pub fn remove(&mut self, key: &str) -> Option<Value> {
-        self.values.remove(key)
+        self.values_mut().remove(key)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
+        self.values().is_empty()
     }
+
+    fn values(&self) -> &Map<String, Value> {
+        self.values.get_or_init(|| match &self.raw {
+            None => Map::new(),
+            Some((header, Format::Express)) => decode_object(header),
+            Some((header, Format::Dotnet)) => decode_dotnet_values(header),
+        })
+    }
+
+    fn values_mut(&mut self) -> &mut Map<String, Value> {
+        self.values();
+        self.values.get_mut().expect("initialised just above")
+    }
+}
+
+fn decode_dotnet_values(header: &str) -> Map<String, Value> {
+    decode_object(header)
+        .into_iter()
+        .map(|(k, v)| {
+            let decoded = v
+                .as_str()
+                .and_then(|s| STANDARD.decode(s).ok())
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+            (k, decoded.unwrap_or(v))
+        })
+        .collect()
 }
 
 fn decode_object(header: &str) -> Map<String, Value> {
@@ -126,6 +175,23 @@ mod tests {
         ] {
             assert!(ConnectionState::decode(h).is_empty(), "{h:?}");
         }
+    }
+
+    #[test]
+    fn decoded_once_on_first_use_and_set_after_decoding() {
+        let mut s = ConnectionState::decode("eyJyb29tIjoibG9iYnkifQ==");
+        assert!(s.values.get().is_none(), "not decoded before use");
+        assert_eq!(s.get_str("room"), Some("lobby"));
+        assert!(s.values.get().is_some());
+        // A clone of an undecoded state decodes on its own; `set` keeps the decoded values.
+        let mut c = ConnectionState::decode("eyJyb29tIjoibG9iYnkifQ==");
+        c.set("n", 1);
+        assert_eq!(c.get_str("room"), Some("lobby"));
+        s.set("n", 1);
+        assert_eq!(s, c);
+        assert_eq!(s.encode(), "eyJyb29tIjoibG9iYnkiLCJuIjoxfQ==");
+        assert_eq!(s.remove("n"), Some(json!(1)));
+        assert_eq!(s, ConnectionState::decode("eyJyb29tIjoibG9iYnkifQ=="));
     }
 
     #[test]

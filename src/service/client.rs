@@ -1,5 +1,6 @@
 //! The REST data-plane client (api-version 2024-12-01), one instance per hub.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -7,8 +8,9 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::{header, Method, StatusCode};
 use serde::Deserialize;
 
+use super::cache::RequestCache;
 use super::token::{unix_now, ClientTokenOptions};
-use super::{rest_token, AccessKey, ConnectionString, ServiceError};
+use super::{ConnectionString, ServiceError};
 use crate::protocol::EventData;
 
 pub const API_VERSION: &str = "2024-12-01";
@@ -93,7 +95,8 @@ pub struct ServiceClient {
     http: reqwest::Client,
     origin: String,
     hub: String,
-    key: AccessKey,
+    /// Parsed URLs and their REST tokens, reused per URL (see `cache.rs`).
+    cache: Arc<RequestCache>,
     retry: RetryPolicy,
 }
 
@@ -132,7 +135,7 @@ impl ServiceClient {
             http,
             origin: cs.origin().to_string(),
             hub: hub.into(),
-            key: cs.access_key.clone(),
+            cache: Arc::new(RequestCache::new(cs.access_key.clone())),
             retry,
         })
     }
@@ -207,10 +210,46 @@ impl ServiceClient {
         self.send(c, data, opts, false).await
     }
 
+    /// `sendToGroup` with a body that is already JSON text (an outbox payload, serialised when
+    /// it was stored): sent as it is, where `send_to_group` would serialise a `Value` again.
+    /// The caller vouches that `json` is JSON.
+    pub async fn send_json_to_group(
+        &self,
+        group: &str,
+        json: Bytes,
+        opts: &SendOptions,
+    ) -> Result<(), ServiceError> {
+        let c = self.call(
+            "sendToGroup",
+            Method::POST,
+            self.hub_path(&format!("/groups/{}/:send", enc(group))),
+        );
+        self.send_body(c, ("application/json", json), opts, true)
+            .await
+    }
+
     async fn send(
         &self,
-        mut c: Call,
+        c: Call,
         data: &EventData,
+        opts: &SendOptions,
+        multi: bool,
+    ) -> Result<(), ServiceError> {
+        let body = match data {
+            EventData::Text(s) => ("text/plain", Bytes::copy_from_slice(s.as_bytes())),
+            EventData::Json(v) => (
+                "application/json",
+                serde_json::to_vec(v).expect("json serialises").into(),
+            ),
+            EventData::Binary(b) => ("application/octet-stream", b.clone()),
+        };
+        self.send_body(c, body, opts, multi).await
+    }
+
+    async fn send_body(
+        &self,
+        mut c: Call,
+        body: (&'static str, Bytes),
         opts: &SendOptions,
         multi: bool,
     ) -> Result<(), ServiceError> {
@@ -227,14 +266,7 @@ impl ServiceClient {
         if let Some(ttl) = opts.message_ttl_seconds {
             c.query.push(("messageTtlSeconds", ttl.to_string()));
         }
-        c.body = Some(match data {
-            EventData::Text(s) => ("text/plain", Bytes::copy_from_slice(s.as_bytes())),
-            EventData::Json(v) => (
-                "application/json",
-                serde_json::to_vec(v).expect("json serialises").into(),
-            ),
-            EventData::Binary(b) => ("application/octet-stream", b.clone()),
-        });
+        c.body = Some(body);
         self.execute(c).await.map(drop)
     }
 
@@ -597,7 +629,10 @@ impl ServiceClient {
         }
     }
 
-    /// Sends with retries. The JWT is minted per attempt, as the SDKs do, over the exact URL sent.
+    /// Sends with retries. The JWT's `aud` is the exact URL sent; unlike the SDKs, which mint one
+    /// per request, it comes from the cache (one per URL, renewed after 80% of its lifetime), so a
+    /// broadcast costs neither a mint nor a URL parse. Asked for per attempt: a retry never sends
+    /// a token older than the cache allows.
     /// Over 80 lines: one retry loop whose every exit (status, network, deadline) is visible here.
     async fn execute(&self, c: Call) -> Result<(StatusCode, Bytes), ServiceError> {
         let url = match &c.next_link {
@@ -613,22 +648,24 @@ impl ServiceClient {
                 url
             }
         };
-        // Sign exactly what will be sent: the parsed URL is what reqwest puts on the wire.
-        let url = url::Url::parse(&url).map_err(|e| ServiceError::InvalidResponse {
-            op: c.op,
-            reason: format!("invalid URL: {e}"),
-        })?;
-        let url = url.as_str().to_string();
         let started = Instant::now();
         let mut backoff = self.retry.first_backoff;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let remaining = self.retry.deadline.saturating_sub(started.elapsed());
+            // Sign exactly what will be sent: the parsed URL is what reqwest puts on the wire (it
+            // takes the `Url` as it is, without parsing the text again).
+            let prepared = self.cache.prepare(&url, unix_now()).map_err(|e| {
+                ServiceError::InvalidResponse {
+                    op: c.op,
+                    reason: format!("invalid URL: {e}"),
+                }
+            })?;
             let mut req = self
                 .http
-                .request(c.method.clone(), &url)
-                .bearer_auth(rest_token(&self.key, &url, unix_now()))
+                .request(c.method.clone(), prepared.url)
+                .header(header::AUTHORIZATION, prepared.authorization)
                 .timeout(
                     self.retry
                         .attempt_timeout

@@ -1,10 +1,12 @@
 //! Talking to the Web PubSub service: connection strings, JWTs (REST and client access), and the
 //! REST data-plane client.
 
+mod cache;
 mod client;
 mod connection_string;
 mod token;
 
+pub use cache::{Prepared, RequestCache};
 pub use client::*;
 pub use connection_string::{AccessKey, ConnectionString};
 pub use token::{

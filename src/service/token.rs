@@ -37,6 +37,9 @@ pub fn sign_jwt<T: Serialize>(key: &AccessKey, claims: &T) -> String {
     format!("{HEADER_B64}.{payload}.{sig}")
 }
 
+/// A REST token's lifetime (`exp - iat`), as the SDKs mint it.
+pub const REST_TOKEN_TTL_SECS: u64 = 3600;
+
 /// The bearer token for one REST request: `aud` is the full request URL including the query.
 pub fn rest_token(key: &AccessKey, url: &str, iat: u64) -> String {
     #[derive(Serialize)]
@@ -49,7 +52,7 @@ pub fn rest_token(key: &AccessKey, url: &str, iat: u64) -> String {
         key,
         &Claims {
             iat,
-            exp: iat + 3600,
+            exp: iat + REST_TOKEN_TTL_SECS,
             aud: url,
         },
     )
