@@ -66,6 +66,9 @@ pub enum BroadcastError {
     /// The spawned send panicked or was cancelled: a bug or a shutdown, not the network.
     #[error("broadcast task ended early: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The send's task ended without saying how it went (it cannot, short of a bug).
+    #[error("broadcast task ended without an answer")]
+    NoAnswer,
 }
 
 impl ChatError {

@@ -64,12 +64,64 @@ impl Outbox {
     ///
     /// Runs on a task of its own: once a write is committed, its send must finish even if the
     /// service gives up on the webhook and the HTTP future is dropped.
+    ///
+    /// A send that went out is answered before it is marked sent: the mark is the sweeper's
+    /// bookkeeping, not part of the acknowledgement (a lost mark costs one resend, which
+    /// clients drop by id), and waiting for it put a second fsync'd commit in every reply.
     pub async fn deliver(&self, b: Broadcast) -> Result<(), BroadcastError> {
         let this = self.clone();
-        tokio::spawn(async move { this.deliver_now(&b).await }).await?
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let sent = this.send(&b).await;
+            match sent {
+                Ok(()) => {
+                    let _ = answer.send(Ok(()));
+                    this.mark_sent(&b).await;
+                }
+                Err(e) => {
+                    this.record_failure(&b).await;
+                    let _ = answer.send(Err(e));
+                }
+            }
+        });
+        match answered.await {
+            Ok(outcome) => outcome,
+            // The task ended without answering: it panicked or was cancelled.
+            Err(_) => Err(task
+                .await
+                .err()
+                .map_or(BroadcastError::NoAnswer, BroadcastError::Task)),
+        }
     }
 
     async fn deliver_now(&self, b: &Broadcast) -> Result<(), BroadcastError> {
+        match self.send(b).await {
+            Ok(()) => {
+                self.mark_sent(b).await;
+                Ok(())
+            }
+            Err(e) => {
+                self.record_failure(b).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn mark_sent(&self, b: &Broadcast) {
+        if let Err(e) = self.store.broadcast_sent(b).await {
+            // Sent, but still listed: it will go out once more (clients drop it by id).
+            tracing::warn!(id = %b.id, error = %e, "broadcast sent but not marked sent");
+        }
+    }
+
+    async fn record_failure(&self, b: &Broadcast) {
+        let retry_at = now_ms().saturating_add(backoff_ms(b.attempts));
+        if let Err(store) = self.store.broadcast_failed(b, retry_at).await {
+            tracing::warn!(id = %b.id, error = %store, "broadcast failure not recorded");
+        }
+    }
+
+    async fn send(&self, b: &Broadcast) -> Result<(), BroadcastError> {
         // The payload was serialised from a `Value` when it was stored, so it goes out as that
         // text: parsing it into a `Value` to serialise it again gave the same bytes, at the cost
         // of a tree of allocations. Validated without building anything; text that is not JSON
@@ -83,22 +135,7 @@ impl Outbox {
             let text = EventData::Json(b.payload.clone().into());
             self.service.send_to_group(&b.room, &text, &opts).await
         };
-        match sent {
-            Ok(()) => {
-                if let Err(e) = self.store.broadcast_sent(b).await {
-                    // Sent, but still listed: it will go out once more (clients drop it by id).
-                    tracing::warn!(id = %b.id, error = %e, "broadcast sent but not marked sent");
-                }
-                Ok(())
-            }
-            Err(e) => {
-                let retry_at = now_ms().saturating_add(backoff_ms(b.attempts));
-                if let Err(store) = self.store.broadcast_failed(b, retry_at).await {
-                    tracing::warn!(id = %b.id, error = %store, "broadcast failure not recorded");
-                }
-                Err(e.into())
-            }
-        }
+        sent.map_err(BroadcastError::from)
     }
 
     /// One pass over what is due: what was sent, what failed, what was given up.

@@ -53,8 +53,9 @@ impl HealthCheck {
 
 async fn probe(chat: &Chat) -> Report {
     let behind_after = chat.config().outbox.behind_after;
-    let store = chat.store().health().await;
-    let backlog = chat.store().backlog().await;
+    // Side by side: each is bounded by the store's deadline, so a store that hangs answers
+    // 503 after one deadline, not two (a platform probe's timeout is often under 10 s).
+    let (store, backlog) = tokio::join!(chat.store().health(), chat.store().backlog());
     let outbox = OutboxReport {
         pending: backlog.as_ref().ok().map(|b| b.pending),
         oldest_age_ms: backlog
