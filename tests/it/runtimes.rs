@@ -490,3 +490,53 @@ fn azure_functions_files_forward_every_route() {
     assert!(listing.contains("hubhook 100755"), "{listing}");
     assert!(!listing.contains("local.settings.json"), "{listing}");
 }
+
+/// `scripts/check-arm.py` is the ARM validator test.sh runs (none installs from the registries):
+/// the template passes, and each kind of mistake ARM's own validation rejects is caught.
+#[test]
+fn arm_template_passes_the_checker_and_the_checker_catches_mistakes() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let check = |template: &str| -> (bool, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.json");
+        std::fs::write(&path, template).unwrap();
+        let out = std::process::Command::new("python3")
+            .arg(root.join("scripts/check-arm.py"))
+            .arg(&path)
+            .output()
+            .expect("python3 runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let good = std::fs::read_to_string(root.join("azure/azuredeploy.json")).unwrap();
+    let (ok, said) = check(&good);
+    assert!(ok, "{said}");
+    let broken = [
+        (
+            "parameters('hub')",
+            "parameters('hubs')",
+            "parameters('hubs') is not declared",
+        ),
+        (
+            "variables('appName')",
+            "variables('appname')",
+            "variables('appname') is not declared",
+        ),
+        ("[concat(", "[concat((", "expected"),
+        ("[toLower(", "[toLowr(", "unknown function toLowr()"),
+        (
+            "'Microsoft.Web/sites'",
+            "'Microsoft.Web/site'",
+            "names type Microsoft.Web/site",
+        ),
+        ("\"2023-01-01\"", "\"2023-1-1\"", "apiVersion is not a date"),
+    ];
+    for (from, to, expect) in broken {
+        assert!(good.contains(from), "the template no longer has {from}");
+        let (ok, said) = check(&good.replacen(from, to, 1));
+        assert!(!ok, "{from} → {to} passed");
+        assert!(said.contains(expect), "{from} → {to}: {said}");
+    }
+}
