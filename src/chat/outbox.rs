@@ -72,17 +72,8 @@ impl Outbox {
         let this = self.clone();
         let (answer, answered) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
-            let sent = this.send(&b).await;
-            match sent {
-                Ok(()) => {
-                    let _ = answer.send(Ok(()));
-                    this.mark_sent(&b).await;
-                }
-                Err(e) => {
-                    this.record_failure(&b).await;
-                    let _ = answer.send(Err(e));
-                }
-            }
+            this.deliver_now(&b, |outcome| drop(answer.send(outcome)))
+                .await
         });
         match answered.await {
             Ok(outcome) => outcome,
@@ -94,15 +85,17 @@ impl Outbox {
         }
     }
 
-    async fn deliver_now(&self, b: &Broadcast) -> Result<(), BroadcastError> {
+    /// Sends `b` and hands the outcome to `answer`: a failure after it is recorded, a success
+    /// before it is marked sent.
+    async fn deliver_now(&self, b: &Broadcast, answer: impl FnOnce(Result<(), BroadcastError>)) {
         match self.send(b).await {
             Ok(()) => {
+                answer(Ok(()));
                 self.mark_sent(b).await;
-                Ok(())
             }
             Err(e) => {
                 self.record_failure(b).await;
-                Err(e)
+                answer(Err(e));
             }
         }
     }
@@ -161,7 +154,9 @@ impl Outbox {
                 }
                 continue;
             }
-            match self.deliver_now(&b).await {
+            let mut outcome = Err(BroadcastError::NoAnswer);
+            self.deliver_now(&b, |o| outcome = o).await;
+            match outcome {
                 Ok(()) => report.sent += 1,
                 Err(e) => {
                     tracing::warn!(id = %b.id, attempts = b.attempts + 1, error = %e, "outbox: send failed, will retry");

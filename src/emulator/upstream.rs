@@ -422,12 +422,16 @@ impl Upstream {
                 let h = resp.headers().clone();
                 match tokio::time::timeout(self.timeout, resp.bytes()).await {
                     Ok(Ok(body)) => Ok((status, h, body)),
-                    Ok(Err(e)) => Err(UpstreamError::Unreachable(innermost(&e))),
+                    Ok(Err(e)) => Err(UpstreamError::Unreachable(crate::service::network_reason(
+                        &e,
+                    ))),
                     Err(_) => Err(UpstreamError::Timeout(self.timeout)),
                 }
             }
             Err(e) if e.is_timeout() => Err(UpstreamError::Timeout(self.timeout)),
-            Err(e) => Err(UpstreamError::Unreachable(innermost(&e))),
+            Err(e) => Err(UpstreamError::Unreachable(crate::service::network_reason(
+                &e,
+            ))),
         }
     }
 }
@@ -445,14 +449,6 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
     "content-length",
 ];
-
-fn innermost(e: &reqwest::Error) -> String {
-    let mut cause: &dyn std::error::Error = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
-}
 
 #[cfg(test)]
 mod tests {

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use super::{listen, Application, RuntimeError};
 use crate::config::{Config, ConfigError, Defaults, DevArgs, LOCAL_ACCESS_KEY};
-use crate::emulator::{Emulator, EmulatorConfig, HandlerSettings, WebhookLog};
+use crate::emulator::{Emulator, EmulatorConfig, EmulatorView, HandlerSettings, WebhookLog};
 use crate::service::{client_access, ClientTokenOptions, RetryPolicy, ServiceClient};
-use crate::ui::{Backends, DevPage};
+use crate::ui::{Backends, DevPage, TunnelStatus};
 
 /// Runs until Ctrl-C (or SIGTERM): emulator on `HUBHOOK_EMULATOR_PORT` (default 8080), the
 /// function on `PORT` (default 8081).
@@ -52,17 +52,7 @@ pub async fn run(args: &DevArgs) -> Result<(), RuntimeError> {
     let emulator = Emulator::with_listener(listener, emu_config)?;
     let emu_addr = emulator.local_addr();
     let page_url = page.url();
-    let app = app.merge(page.router(Backends {
-        hub: config.hub.clone(),
-        default_room: config.chat.default_room.clone(),
-        service: ServiceClient::new(
-            &config.connection_string,
-            &config.hub,
-            RetryPolicy::default(),
-        )?,
-        emulator: Some(emulator.view()),
-        tunnel: None,
-    }));
+    let app = app.merge(page.router(page_backends(&config, Some(emulator.view()), None)?));
 
     // Pointed at a real resource (its own connection string): that key is a secret, so neither
     // it, the connection string nor a token-bearing URL is printed.
@@ -110,4 +100,24 @@ pub async fn run(args: &DevArgs) -> Result<(), RuntimeError> {
         r = emulator.run() => r?,
     }
     Ok(())
+}
+
+/// What the dev page works with. Its "send to room" goes through the service's REST API: the
+/// emulator's, or the tunnelled resource's own.
+pub(super) fn page_backends(
+    config: &Config,
+    emulator: Option<EmulatorView>,
+    tunnel: Option<TunnelStatus>,
+) -> Result<Backends, RuntimeError> {
+    Ok(Backends {
+        hub: config.hub.clone(),
+        default_room: config.chat.default_room.clone(),
+        service: ServiceClient::new(
+            &config.connection_string,
+            &config.hub,
+            RetryPolicy::default(),
+        )?,
+        emulator,
+        tunnel,
+    })
 }

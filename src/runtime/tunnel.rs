@@ -3,9 +3,9 @@
 
 use super::{shutdown_signal, Application, RuntimeError};
 use crate::config::{Config, ConfigError, Defaults, ServeArgs, TunnelArgs};
-use crate::service::{ConnectionString, RetryPolicy, ServiceClient};
+use crate::service::ConnectionString;
 use crate::tunnel::{self, TunnelConfig, TunnelError};
-use crate::ui::{Backends, DevPage, TunnelStatus};
+use crate::ui::{DevPage, TunnelStatus};
 
 /// Until Ctrl-C / SIGTERM, or until the service closes the tunnel.
 pub async fn run(args: &TunnelArgs) -> Result<(), RuntimeError> {
@@ -65,18 +65,7 @@ pub async fn dev(serve: &ServeArgs) -> Result<(), RuntimeError> {
     let status = TunnelStatus::new(&endpoint, &config.hub, &upstream);
     let observer = status.observer(page.feed());
     let page_url = page.url();
-    let app = app.merge(page.router(Backends {
-        hub: config.hub.clone(),
-        default_room: config.chat.default_room.clone(),
-        // "Send to room" goes through the resource's own REST API.
-        service: ServiceClient::new(
-            &config.connection_string,
-            &config.hub,
-            RetryPolicy::default(),
-        )?,
-        emulator: None,
-        tunnel: Some(status),
-    }));
+    let app = app.merge(page.router(super::dev::page_backends(&config, None, Some(status))?));
     let room = &config.chat.default_room;
     let what = if config.connection_string.is_loopback() {
         "a service on this machine, not dev's own emulator"

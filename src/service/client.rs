@@ -174,11 +174,7 @@ impl ServiceClient {
         data: &EventData,
         opts: &SendOptions,
     ) -> Result<(), ServiceError> {
-        let c = self.call(
-            "sendToGroup",
-            Method::POST,
-            self.hub_path(&format!("/groups/{}/:send", enc(group))),
-        );
+        let c = self.send_to_group_call(group);
         self.send(c, data, opts, true).await
     }
 
@@ -213,17 +209,21 @@ impl ServiceClient {
     /// `sendToGroup` with a body that is already JSON text (an outbox payload, serialised when
     /// it was stored): sent as it is, where `send_to_group` would serialise a `Value` again.
     /// The caller vouches that `json` is JSON.
+    fn send_to_group_call(&self, group: &str) -> Call {
+        self.call(
+            "sendToGroup",
+            Method::POST,
+            self.hub_path(&format!("/groups/{}/:send", enc(group))),
+        )
+    }
+
     pub async fn send_json_to_group(
         &self,
         group: &str,
         json: Bytes,
         opts: &SendOptions,
     ) -> Result<(), ServiceError> {
-        let c = self.call(
-            "sendToGroup",
-            Method::POST,
-            self.hub_path(&format!("/groups/{}/:send", enc(group))),
-        );
+        let c = self.send_to_group_call(group);
         self.send_body(c, ("application/json", json), opts, true)
             .await
     }
@@ -729,8 +729,9 @@ fn target_query(target: Option<&str>) -> Vec<(&'static str, String)> {
         .unwrap_or_default()
 }
 
-/// The innermost cause of a reqwest error, without the URL (which is harmless, but long).
-fn network_reason(e: &reqwest::Error) -> String {
+/// The innermost cause of a reqwest error, without the URL (which is harmless, but long);
+/// the emulator's and the tunnel's upstream calls report it the same way.
+pub fn network_reason(e: &reqwest::Error) -> String {
     let mut cause: &dyn std::error::Error = e;
     while let Some(next) = cause.source() {
         cause = next;

@@ -225,7 +225,13 @@ async fn call(
         if e.is_timeout() {
             (502, format!("upstream timed out after {timeout:?}"))
         } else {
-            (502, format!("upstream unreachable: {}", innermost(&e)))
+            (
+                502,
+                format!(
+                    "upstream unreachable: {}",
+                    crate::service::network_reason(&e)
+                ),
+            )
         }
     };
     let resp = sent.map_err(failed)?;
@@ -249,14 +255,6 @@ fn header(h: &Headers, name: &str) -> Option<String> {
     h.iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(name))
         .and_then(|(_, v)| v.first().cloned())
-}
-
-fn innermost(e: &reqwest::Error) -> String {
-    let mut cause: &dyn std::error::Error = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
 
 #[cfg(test)]
