@@ -2,7 +2,7 @@
 """hubhook beside the official Node stack: the driver behind `bash bench/run.sh`.
 
 Python 3 standard library only. run.sh has already built the release binaries
-(`cargo build --release --examples --bin hubhook`), installed the Node peers (`npm ci` in bench/)
+(`cargo build --release --examples --bins`), installed the Node peers (`npm ci` in bench/)
 and made sure `wrk` is there. This script:
 
   W1  signed `message` webhook, echo reply, no store:
@@ -20,8 +20,8 @@ and made sure `wrk` is there. This script:
       CPU bound; W2 is reported against the lower one
   RSS peak (VmHWM) of each W2 server, read from /proc/<pid>/status after its W2 rounds
   cold start: process spawn -> first 200 on a signed webhook (examples/coldstart), median
-  Lambda: bootstrap.zip size if built; INIT (spawn -> first runtime-API call) under a stand-in
-  sizes: release binary, a bootstrap.zip of it (x86_64), and the cargo-lambda arm64 zip if built,
+  Lambda: bootstrap.zip size if built; INIT of hubhook-lambda (spawn -> first runtime-API call) under a stand-in
+  sizes: release binary, a bootstrap.zip of hubhook-lambda (x86_64), and the cargo-lambda arm64 zip of it if built,
       each against bench/RESULTS.md of 2026-11-28 (BASELINE below)
 
 Load: wrk, 64 connections, a warm-up per target, then rounds interleaved A B A B; the figure is
@@ -75,7 +75,7 @@ RUN = BENCH / ".run"
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target").resolve()
 RELEASE = TARGET / "release"
 EXAMPLES = RELEASE / "examples"
-LAMBDA_ZIP = TARGET / "lambda" / "hubhook" / "bootstrap.zip"
+LAMBDA_ZIP = TARGET / "lambda" / "hubhook-lambda" / "bootstrap.zip"  # template.yaml's Binary
 JS_MODULES = ROOT / "tests" / "js" / "node_modules"  # dynalite, azurite: pinned by tests/js/package.json
 
 # Issue 13: cold start and the Lambda/Functions binary size stay within 10% of these. They are the
@@ -700,7 +700,7 @@ class Bench:
             ("node-chat", ["node", str(BENCH / "node-chat.mjs")], "http"),
             ("hubhook echo", [str(EXAMPLES / "echo")], "http"),
             ("node-echo", ["node", str(BENCH / "node-echo.mjs")], "http"),
-            ("hubhook Lambda INIT", [str(RELEASE / "hubhook")], "lambda"),
+            ("hubhook Lambda INIT", [str(RELEASE / "hubhook-lambda")], "lambda"),
         ]
         samples: dict[str, list[float]] = {t[0]: [] for t in targets}
         for name, argv, mode in targets:  # one unmeasured start each: page cache, not process, warm
@@ -783,8 +783,8 @@ class Bench:
         info["lambda_zip_arch"] = zip_arch(LAMBDA_ZIP) if LAMBDA_ZIP.exists() else None
         # A zip older than the release binary was built from other sources: say so beside its size.
         info["lambda_zip_stale"] = (LAMBDA_ZIP.exists() and
-                                    LAMBDA_ZIP.stat().st_mtime < (RELEASE / "hubhook").stat().st_mtime)
-        info["x86_64_zip_bytes"] = x86_64_zip(RELEASE / "hubhook", RUN / "bootstrap-x86_64.zip")
+                                    LAMBDA_ZIP.stat().st_mtime < (RELEASE / "hubhook-lambda").stat().st_mtime)
+        info["x86_64_zip_bytes"] = x86_64_zip(RELEASE / "hubhook-lambda", RUN / "bootstrap-x86_64.zip")
         return info
 
     # ---------------------------------------------------------------- report
@@ -918,15 +918,15 @@ class Bench:
                 v = "**not reachable here** (bound < 5×)"
             L.append(f"| {fig} | {h} | {n} | {ratio:.2f}× | {target} | {v} |")
         zip_txt = f"{zip_b / 1024 / 1024:.2f} MiB ({zip_b:,} bytes, {env['lambda_zip_arch']})" if zip_b else \
-            "not measured: target/lambda/hubhook/bootstrap.zip not built (`cargo lambda build --release --arm64 --output-format zip`)"
+            "not measured: target/lambda/hubhook-lambda/bootstrap.zip not built (`cargo lambda build --release --arm64 --output-format zip --bin hubhook-lambda`)"
         if zip_b and env.get("lambda_zip_stale"):
             zip_txt += " — older than the release binary"
         L.append(f"| Lambda bootstrap.zip size | {zip_txt} | | | ≤ 4.4 MiB arm64 (issue 15) | "
                  f"{verdict(zip_b <= 4.4 * 1024 * 1024) if zip_b and env['lambda_zip_arch'] == 'arm64' else ''} |")
         xz = env["x86_64_zip_bytes"]
-        L.append(f"| bootstrap.zip of the x86_64 release binary (made by run.py, deflate) | {xz / 1024 / 1024:.2f} MiB ({xz:,} bytes)"
+        L.append(f"| bootstrap.zip of the x86_64 `hubhook-lambda` release binary (made by run.py, deflate) | {xz / 1024 / 1024:.2f} MiB ({xz:,} bytes)"
                  " | | | report (no 2026-11-28 figure) | |")
-        L.append(f"| Lambda INIT under a runtime-API stand-in (x86_64 release build, SQLite) | {li:.1f} ms | | | ≤ 20 ms | {verdict(li <= 20)} |")
+        L.append(f"| Lambda INIT under a runtime-API stand-in (x86_64 `hubhook-lambda` release build, SQLite) | {li:.1f} ms | | | ≤ 20 ms | {verdict(li <= 20)} |")
         L.append("")
         missed = [r[0] for r in rows if r[5] is False] + (["Lambda INIT"] if li > 20 else []) + \
             (["Lambda bootstrap.zip ≤ 4.4 MiB"] if zip_b and env["lambda_zip_arch"] == "arm64" and zip_b > 4.4 * 1024 * 1024 else [])
@@ -940,7 +940,8 @@ class Bench:
             L.append("")
         L.append(f"Baseline of the \"vs 2026-11-28\" rows: {base['source']}, hard-coded in `bench/run.py` (`BASELINE`)."
                  " Its binary size is printed there rounded to 0.1 MiB (11.35–11.45 MiB). Its zip was built with cargo-lambda"
-                 " for arm64 (`cargo lambda build --release --arm64 --output-format zip`, which `bench/run.sh` runs when"
+                 " for arm64 from the `hubhook` binary (`cargo lambda build --release --arm64 --output-format zip`); this run's"
+                 " is the `hubhook-lambda` binary template.yaml deploys since 2026-12-02 (`bench/run.sh` builds it when"
                  " cargo-lambda is on PATH); the x86_64 zip `run.py` makes itself has no 2026-11-28 counterpart.")
         L.append("")
         L.append("Peers: W1 = `bench/node-echo.mjs` (official `@azure/web-pubsub-express` quickstart shape; it does not verify"
@@ -1038,7 +1039,7 @@ class Bench:
         L.append("")
         L.append("Cold start (ms; spawn → first 200 on a signed `message` webhook; chat rows open a fresh SQLite file and make their"
                  " first broadcast; Lambda INIT = spawn → first `GET /2018-06-01/runtime/invocation/next` of the x86_64 release"
-                 " binary, SQLite store, against a runtime-API stand-in):")
+                 " `hubhook-lambda` binary (the one template.yaml deploys), SQLite store, against a runtime-API stand-in):")
         L.append("")
         L.append("| process | median | min | max | samples |")
         L.append("|---|---|---|---|---|")
@@ -1115,9 +1116,9 @@ class Bench:
         if RUN.exists():
             shutil.rmtree(RUN)
         RUN.mkdir(parents=True)
-        for exe in (RELEASE / "hubhook", EXAMPLES / "echo", EXAMPLES / "ceiling", EXAMPLES / "rest_standin", EXAMPLES / "coldstart"):
+        for exe in (RELEASE / "hubhook", RELEASE / "hubhook-lambda", EXAMPLES / "echo", EXAMPLES / "ceiling", EXAMPLES / "rest_standin", EXAMPLES / "coldstart"):
             if not exe.exists():
-                raise SystemExit(f"missing {exe}: run `cargo build --release --examples --bin hubhook` (bench/run.sh does)")
+                raise SystemExit(f"missing {exe}: run `cargo build --release --examples --bins` (bench/run.sh does)")
         if not shutil.which("wrk"):
             raise SystemExit("wrk is not installed (bench/run.sh installs it with apt-get)")
         if self.pin and (not shutil.which("taskset") or (os.cpu_count() or 1) < 2):

@@ -30,8 +30,8 @@ if ! command -v wrk >/dev/null 2>&1; then
 fi
 command -v taskset >/dev/null 2>&1 || echo "bench/run.sh: taskset (util-linux) missing: no CPU pinning" >&2
 
-echo "bench/run.sh: cargo build --release --examples --bin hubhook" >&2
-cargo build --release --examples --bin hubhook
+echo "bench/run.sh: cargo build --release --examples --bins" >&2
+cargo build --release --examples --bins
 
 # npm ci writes node_modules/.package-lock.json last; skip the reinstall (it compiles
 # better-sqlite3, about a minute) when that marker is newer than the lockfile.
@@ -69,8 +69,8 @@ if [ -z "${BENCH_NO_LAMBDA:-}" ]; then
     if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
       rustup target add aarch64-unknown-linux-gnu || true
     fi
-    echo "bench/run.sh: cargo lambda build --release --arm64 --output-format zip --bin hubhook" >&2
-    cargo lambda build --release --arm64 --output-format zip --bin hubhook \
+    echo "bench/run.sh: cargo lambda build --release --arm64 --output-format zip --bin hubhook-lambda" >&2
+    cargo lambda build --release --arm64 --output-format zip --bin hubhook-lambda \
       || echo "bench/run.sh: cargo lambda build failed: the arm64 zip row will be missing or stale" >&2
   fi
 fi

@@ -2,7 +2,7 @@
 """W3 (the dev loop end to end, issue 15) and the tunnel row (issue 12), through WebSockets.
 
 Python 3 standard library only. Needs the release binaries
-(`cargo build --release --examples --bin hubhook`): target/release/hubhook and the examples
+(`cargo build --release --examples --bins`): target/release/hubhook and the examples
 wsload, ws_ceiling and echo; Node.js and tests/js/node_modules for the official-client rows
 (skipped, with the reason, when missing).
 
@@ -491,7 +491,7 @@ def main() -> int:
         args.sizes = [int(x) for x in args.sizes.split(",")]
     for exe in (RELEASE / "hubhook", EXAMPLES / "wsload", EXAMPLES / "ws_ceiling", EXAMPLES / "echo"):
         if not exe.exists():
-            raise SystemExit(f"missing {exe}: run `cargo build --release --examples --bin hubhook`")
+            raise SystemExit(f"missing {exe}: run `cargo build --release --examples --bins`")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(section(args))
     return 0

@@ -53,6 +53,8 @@ pub enum RuntimeError {
     Tunnel(crate::tunnel::TunnelError),
     #[error("lambda runtime: {0}")]
     Lambda(lambda_http::Error),
+    #[error("hubhook-lambda runs under AWS Lambda only (AWS_LAMBDA_RUNTIME_API is not set); run `hubhook serve` elsewhere")]
+    NotLambda,
 }
 
 /// The whole process: `hubhook [serve|dev|emulator]`.
@@ -72,19 +74,39 @@ pub async fn run(command: Option<Command>, log_format: Option<&str>) -> Result<(
     }
 }
 
-async fn serve(mut args: ServeArgs, platform: Platform) -> Result<(), RuntimeError> {
+/// The process under AWS Lambda, for the `hubhook-lambda` binary (what template.yaml deploys):
+/// the webhook router and the Lambda runtime only. Nothing here reaches the emulator, the dev
+/// page, the tunnel or the listener, so the linker leaves them out of that binary and the
+/// package is smaller; `hubhook` started by Lambda runs the same [`serve_lambda`].
+pub async fn lambda(log_format: Option<&str>) -> Result<(), RuntimeError> {
+    if Platform::detect()? != Platform::Lambda {
+        return Err(RuntimeError::NotLambda);
+    }
+    telemetry::init(LogFormat::parse(log_format, Platform::Lambda)?, false)?;
+    serve_lambda(ServeArgs::from_env()).await
+}
+
+/// The settings of a serving process, the connection string read (file, secret) first.
+async fn serve_config(mut args: ServeArgs, platform: Platform) -> Result<Config, RuntimeError> {
     args.read_connection_string()?;
     secret::resolve(&mut args).await?;
-    let config = Config::from_args(&args, &Defaults::serve())?.for_platform(platform);
+    Ok(Config::from_args(&args, &Defaults::serve())?.for_platform(platform))
+}
+
+async fn serve_lambda(args: ServeArgs) -> Result<(), RuntimeError> {
+    let config = serve_config(args, Platform::Lambda).await?;
+    let router = build_router(&config).await?;
+    tracing::info!(hub = %config.hub, store = ?config.store, "hubhook starting under AWS Lambda");
+    lambda_http::run(router).await.map_err(RuntimeError::Lambda)
+}
+
+async fn serve(args: ServeArgs, platform: Platform) -> Result<(), RuntimeError> {
     let mode = match platform {
-        Platform::Lambda => {
-            let router = build_router(&config).await?;
-            tracing::info!(hub = %config.hub, store = ?config.store, "hubhook starting under AWS Lambda");
-            return lambda_http::run(router).await.map_err(RuntimeError::Lambda);
-        }
+        Platform::Lambda => return serve_lambda(args).await,
         Platform::AzureFunctions(_) => "Azure Functions custom handler",
         Platform::Server => "server",
     };
+    let config = serve_config(args, platform).await?;
     let app = Application::build(&config).await?;
     let addr = app.local_addr();
     tracing::info!(

@@ -120,10 +120,6 @@ fn function_url_event(
     })
 }
 
-fn hubhook(envs: &[(&str, String)]) -> KillOnDrop {
-    hubhook_at(std::path::Path::new(env!("CARGO_BIN_EXE_hubhook")), envs)
-}
-
 fn hubhook_at(exe: &std::path::Path, envs: &[(&str, String)]) -> KillOnDrop {
     let mut c = hubhook_command_at(exe);
     c.env_remove("PORT")
@@ -141,11 +137,42 @@ fn signed(c: &hubhook::protocol::EventContext, e: &Event) -> (HeaderMap, Vec<u8>
     (h, b.to_vec())
 }
 
+/// The package template.yaml deploys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lambda_function_url_flow_on_dynamodb() {
-    let Some(dynamo) =
-        Dynalite::start_or_skip("runtimes::lambda_function_url_flow_on_dynamodb").await
-    else {
+    lambda_function_url_flow(
+        env!("CARGO_BIN_EXE_hubhook-lambda"),
+        "runtimes::lambda_function_url_flow_on_dynamodb",
+    )
+    .await;
+}
+
+/// `hubhook` itself, started by Lambda, runs the same handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lambda_function_url_flow_of_the_hubhook_binary() {
+    lambda_function_url_flow(
+        env!("CARGO_BIN_EXE_hubhook"),
+        "runtimes::lambda_function_url_flow_of_the_hubhook_binary",
+    )
+    .await;
+}
+
+#[test]
+fn hubhook_lambda_outside_lambda_says_so() {
+    let out = hubhook_command_at(std::path::Path::new(env!("CARGO_BIN_EXE_hubhook-lambda")))
+        .env_remove("AWS_LAMBDA_RUNTIME_API")
+        .output()
+        .expect("run hubhook-lambda");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("runs under AWS Lambda only") && err.contains("hubhook serve"),
+        "{err}"
+    );
+}
+
+async fn lambda_function_url_flow(exe: &str, test: &str) {
+    let Some(dynamo) = Dynalite::start_or_skip(test).await else {
         return;
     };
     let rest = rest_stand_in().await;
@@ -167,7 +194,7 @@ async fn lambda_function_url_flow_on_dynamodb() {
     let runtime = StandIn::start(api.script()).await;
     let runtime_addr = runtime.addr;
 
-    let _fn = hubhook(&[
+    let _fn = hubhook_at(std::path::Path::new(exe), &[
         ("AWS_LAMBDA_RUNTIME_API", runtime_addr.to_string()),
         ("AWS_LAMBDA_FUNCTION_NAME", "hubhook".into()),
         ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128".into()),
