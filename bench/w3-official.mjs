@@ -7,7 +7,9 @@
 //
 // env: FN (function base URL), W3_CLIENTS (10), W3_RATE (msgs/s, 100), W3_WARMUP (s, 1),
 // W3_DURATION (s, 5), W3_DRAIN (s, 5), W3_PROTOCOL (reliable | json; default reliable, the client's
-// default), W3_NODE_MODULES (where @azure/web-pubsub-client is installed; default
+// default), W3_SEND (chat | group; default chat: `sendEvent` through the chat function. group:
+// `sendToGroup("lobby", ...)` straight through the emulator, no webhook, no store — the official
+// client's own floor beside the same emulator), W3_NODE_MODULES (where @azure/web-pubsub-client is installed; default
 // ../tests/js/node_modules: the version pinned in tests/js/package-lock.json).
 import { createRequire } from "node:module";
 import path from "node:path";
@@ -25,6 +27,7 @@ const WARMUP = Number(process.env.W3_WARMUP || 1);
 const DURATION = Number(process.env.W3_DURATION || 5);
 const DRAIN = Number(process.env.W3_DRAIN || 5);
 const PROTOCOL = process.env.W3_PROTOCOL || "reliable";
+const SEND = process.env.W3_SEND || "chat";
 const protocol = PROTOCOL === "json" ? WebPubSubJsonProtocol() : WebPubSubJsonReliableProtocol();
 
 const now = () => Number(process.hrtime.bigint()) / 1e6; // ms
@@ -60,8 +63,10 @@ async function main() {
         const t = now();
         lastFrame = t;
         const d = e.message.data;
-        if (!d || d.type !== "message" || typeof d.text !== "string" || !d.text.startsWith("w3m")) return;
-        const id = parseInt(d.text.slice(3), 10);
+        // chat: the chat function's broadcast object; group: the text as sent.
+        const text = SEND === "group" ? d : d && d.type === "message" ? d.text : undefined;
+        if (typeof text !== "string" || !text.startsWith("w3m")) return;
+        const id = parseInt(text.slice(3), 10);
         const at = sent.get(id);
         if (at === undefined) return;
         got.set(id, (got.get(id) || 0) + 1);
@@ -97,8 +102,10 @@ async function main() {
     const my = id++;
     sent.set(my, due);
     inflight.push(
-      clients[my % N]
-        .sendEvent("message", `w3m${my}.`, "text")
+      (SEND === "group"
+        ? clients[my % N].sendToGroup("lobby", `w3m${my}.`, "text")
+        : clients[my % N].sendEvent("message", `w3m${my}.`, "text")
+      )
         .then(() => {
           if (my >= measureFrom) ackLat.push(now() - due);
         })
@@ -127,6 +134,7 @@ async function main() {
   const out = {
     clients: N,
     protocol: PROTOCOL,
+    send: SEND,
     rate: RATE,
     connect_s: connectS,
     window_s: windowS,

@@ -203,6 +203,7 @@ class W3:
             self.p["sizes"] = sizes
         self.data: dict = {"profile": {k: v for k, v in self.p.items()}, "rows": []}
         self.tmp = tempfile.mkdtemp(prefix="hubhook-w3-")
+        self.dev_runs = 0
 
     def timing(self) -> list[str]:
         return ["--warmup", str(self.p["warmup"]), "--duration", str(self.p["duration"]), "--drain", "5"]
@@ -212,7 +213,10 @@ class W3:
 
     def dev(self, n: int, store_dir: str | None = None) -> tuple[Proc, int, int]:
         emu, fn = free_port(), free_port()
-        db = Path(store_dir or self.tmp) / f"w3-dev-{n}-{os.getpid()}.db"
+        # A fresh SQLite file for every `hubhook dev` (the official-client row used to reopen the
+        # file the Rust client's rows of the same N had filled).
+        self.dev_runs += 1
+        db = Path(store_dir or self.tmp) / f"w3-dev-{n}-{os.getpid()}-{self.dev_runs}.db"
         p = Proc(f"dev-{n}", [str(HUBHOOK), "dev"],
                  env(HUBHOOK_EMULATOR_PORT=str(emu), PORT=str(fn), HUBHOOK_STORE=f"sqlite://{db}"), [emu, fn])
         return p.wait_ready(), emu, fn
@@ -283,17 +287,21 @@ class W3:
         if not shutil.which("node") or not (NODE_MODULES / "@azure" / "web-pubsub-client").exists():
             self.data.setdefault("skipped", []).append(f"official client N={n}: node or {NODE_MODULES}/@azure/web-pubsub-client missing")
             return
-        log(f"W3 N={n}: official @azure/web-pubsub-client through hubhook dev")
-        dev, emu, fn = self.dev(n)
-        try:
-            r = official({"FN": f"http://127.0.0.1:{fn}", "W3_CLIENTS": str(n), "W3_RATE": str(self.p["rate"][n]),
-                          "W3_WARMUP": str(self.p["warmup"]), "W3_DURATION": str(self.p["duration"]),
-                          "W3_NODE_MODULES": str(NODE_MODULES)}, self.run_timeout(n) + 60)
-            self.record(target="hubhook dev, official client", n=n, kind="latency", result=r)
-        except RuntimeError as e:
-            self.data.setdefault("skipped", []).append(f"official client N={n}: {e}")
-        finally:
-            dev.stop()
+        # chat: sendEvent through the chat function (the W3 figure). group: sendToGroup through the
+        # same `hubhook dev`'s emulator, no webhook and no store: what the official client costs
+        # by itself, beside the same emulator (the floor of the chat row).
+        for send, target in (("chat", "hubhook dev, official client"), ("group", "official client, sendToGroup")):
+            log(f"W3 N={n}: official @azure/web-pubsub-client through hubhook dev ({send})")
+            dev, emu, fn = self.dev(n)
+            try:
+                r = official({"FN": f"http://127.0.0.1:{fn}", "W3_CLIENTS": str(n), "W3_RATE": str(self.p["rate"][n]),
+                              "W3_WARMUP": str(self.p["warmup"]), "W3_DURATION": str(self.p["duration"]),
+                              "W3_SEND": send, "W3_NODE_MODULES": str(NODE_MODULES)}, self.run_timeout(n) + 60)
+                self.record(target=target, n=n, kind="latency", result=r)
+            except RuntimeError as e:
+                self.data.setdefault("skipped", []).append(f"official client ({send}) N={n}: {e}")
+            finally:
+                dev.stop()
 
     def run_tunnel(self) -> None:
         c = self.p["tunnel_clients"]
@@ -339,6 +347,7 @@ class W3:
         emu_lat, emu_thr = self.rows("emulator sendToGroup", "latency"), self.rows("emulator sendToGroup", "throughput")
         ceil_lat, ceil_thr = self.rows("ceiling", "latency"), self.rows("ceiling", "throughput")
         off = self.rows("hubhook dev, official client", "latency")
+        off_group = self.rows("official client, sendToGroup", "latency")
         targets = {100: 6.0, 1000: 25.0}
 
         def lost(r: dict) -> str:
@@ -352,12 +361,14 @@ class W3:
         L.append("| N | rate (msg/s) | client | delivered / expected | deliveries/s | p50 | p99 | max | ack p50 / p99 | target | |")
         L.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for n in self.p["sizes"]:
-            for name, rows in (("wsload (Rust)", dev_lat), ("@azure/web-pubsub-client", off)):
+            for name, rows, is_target in (("wsload (Rust)", dev_lat, True), ("@azure/web-pubsub-client", off, True),
+                                          ("@azure/web-pubsub-client, `sendToGroup` (no webhook: the client's floor)",
+                                           off_group, False)):
                 r = rows.get(n)
                 if not r:
                     continue
                 d = r["delivery_ms"]
-                t = targets.get(n)
+                t = targets.get(n) if is_target else None
                 ok = t is not None and d["p99"] <= t and r["missing_deliveries"] == 0
                 ack = r.get("ack_ms", {})
                 L.append(f"| {n:,} | {r.get('rate') or 0:g} | {name} | {lost(r)} | {r['deliveries_per_s']:,.0f} | {d['p50']:.2f} ms |"

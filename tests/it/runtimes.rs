@@ -194,31 +194,34 @@ async fn lambda_function_url_flow(exe: &str, test: &str) {
     let runtime = StandIn::start(api.script()).await;
     let runtime_addr = runtime.addr;
 
-    let _fn = hubhook_at(std::path::Path::new(exe), &[
-        ("AWS_LAMBDA_RUNTIME_API", runtime_addr.to_string()),
-        ("AWS_LAMBDA_FUNCTION_NAME", "hubhook".into()),
-        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128".into()),
-        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".into()),
-        ("AWS_LAMBDA_LOG_STREAM_NAME", "s".into()),
-        ("AWS_LAMBDA_LOG_GROUP_NAME", "g".into()),
-        ("WEBPUBSUB_CONNECTION_STRING_SECRET_ARN", ARN.into()),
-        (
-            "AWS_ENDPOINT_URL_SECRETS_MANAGER",
-            format!("http://{sm_addr}"),
-        ),
-        (
-            "HUBHOOK_ALLOWED_ORIGINS",
-            "contoso.webpubsub.azure.com".into(),
-        ),
-        // As deployed by template.yaml: DynamoDB (here dynalite; the table is created on start
-        // because a local endpoint is configured).
-        ("HUBHOOK_STORE", "dynamodb://hubhook-messages".into()),
-        ("HUBHOOK_RETENTION_DAYS", "30".into()),
-        ("AWS_ENDPOINT_URL_DYNAMODB", dynamo.endpoint.clone()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_ACCESS_KEY_ID", "AKIDFAKE".into()),
-        ("AWS_SECRET_ACCESS_KEY", "fakesecret".into()),
-    ]);
+    let _fn = hubhook_at(
+        std::path::Path::new(exe),
+        &[
+            ("AWS_LAMBDA_RUNTIME_API", runtime_addr.to_string()),
+            ("AWS_LAMBDA_FUNCTION_NAME", "hubhook".into()),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128".into()),
+            ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".into()),
+            ("AWS_LAMBDA_LOG_STREAM_NAME", "s".into()),
+            ("AWS_LAMBDA_LOG_GROUP_NAME", "g".into()),
+            ("WEBPUBSUB_CONNECTION_STRING_SECRET_ARN", ARN.into()),
+            (
+                "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+                format!("http://{sm_addr}"),
+            ),
+            (
+                "HUBHOOK_ALLOWED_ORIGINS",
+                "contoso.webpubsub.azure.com".into(),
+            ),
+            // As deployed by template.yaml: DynamoDB (here dynalite; the table is created on start
+            // because a local endpoint is configured).
+            ("HUBHOOK_STORE", "dynamodb://hubhook-messages".into()),
+            ("HUBHOOK_RETENTION_DAYS", "30".into()),
+            ("AWS_ENDPOINT_URL_DYNAMODB", dynamo.endpoint.clone()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", "AKIDFAKE".into()),
+            ("AWS_SECRET_ACCESS_KEY", "fakesecret".into()),
+        ],
+    );
 
     let mut n = 0;
     let mut invoke = |event: Value| {
