@@ -559,3 +559,31 @@ fn required<'h>(headers: &'h HeaderMap, field: &Field) -> Result<&'h str, Protoc
         .filter(|s| !s.is_empty())
         .ok_or(ProtocolError::MissingHeader(field.name))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each field's key is its error-message name in lower case (`from_static` already refuses
+    /// an upper-case key at compile time; this catches a key that names another header).
+    #[test]
+    fn every_field_key_is_its_name_lower_cased() {
+        for f in [
+            &CE_TYPE,
+            &CE_CONNECTION_ID,
+            &CE_HUB,
+            &CE_ID,
+            &CE_USER_ID,
+            &CE_TIME,
+            &CE_EVENT_NAME,
+            &CE_CONNECTION_STATE,
+            &CE_SUBPROTOCOL,
+            &CE_PHYSICAL_CONNECTION_ID,
+            &CE_SESSION_ID,
+            &WEBHOOK_REQUEST_ORIGIN,
+            &CONTENT_TYPE_FIELD,
+        ] {
+            assert_eq!(f.key.as_str(), f.name.to_ascii_lowercase(), "{}", f.name);
+        }
+    }
+}
