@@ -244,11 +244,15 @@ class W3:
             row[k] = sum(r[k] for r in runs)
         return row
 
+    def paced_wsload(self, conn: list[str], n: int, send: str) -> dict:
+        """The paced latency row of `examples/wsload` at N's rate."""
+        base = conn + ["--clients", str(n), "--send", send] + self.timing()
+        return self.paced(lambda: wsload(base + ["--rate", str(self.p["rate"][n])], self.run_timeout(n)))
+
     def load_pair(self, target: str, n: int, conn: list[str], send: str) -> None:
         """A paced latency row and a closed-loop throughput run of one target."""
+        self.record(target=target, n=n, kind="latency", result=self.paced_wsload(conn, n, send))
         base = conn + ["--clients", str(n), "--send", send] + self.timing()
-        r = self.paced(lambda: wsload(base + ["--rate", str(self.p["rate"][n])], self.run_timeout(n)))
-        self.record(target=target, n=n, kind="latency", result=r)
         r = wsload(base + ["--inflight", str(self.p["inflight"][n])], self.run_timeout(n))
         self.record(target=target, n=n, kind="throughput", result=r)
 
@@ -271,9 +275,8 @@ class W3:
                 dev, emu, fn = self.dev(n, shm)
                 try:
                     conn = ["--connection-string", cs_for(emu), "--hub", HUB, "--query", f"room={ROOM}", "--group", ROOM]
-                    r = self.paced(lambda: wsload(conn + ["--clients", str(n), "--send", "event", "--rate", str(self.p["rate"][n])]
-                                                  + self.timing(), self.run_timeout(n)))
-                    self.record(target="hubhook dev, store on tmpfs", n=n, kind="latency", result=r)
+                    self.record(target="hubhook dev, store on tmpfs", n=n, kind="latency",
+                                result=self.paced_wsload(conn, n, "event"))
                 finally:
                     dev.stop()
                     shutil.rmtree(shm, ignore_errors=True)
