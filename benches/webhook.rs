@@ -88,7 +88,7 @@ fn respond(hook: &Webhook) -> Response<Bytes> {
             let mut state = hook.context.state.clone();
             state.set("room", room);
             ConnectResponse {
-                user_id: hook.context.user_id.clone(),
+                user_id: hook.context.user_id.as_deref().map(String::from),
                 groups: vec![room.to_string()],
                 roles: vec![
                     format!("webpubsub.joinLeaveGroup.{room}"),
@@ -116,7 +116,7 @@ fn bench_webhooks(c: &mut Criterion) {
     for (name, event) in cases() {
         let event_name = match &event {
             Event::User(u) => u.name.clone(),
-            other => other.kind().to_string(),
+            other => other.kind().into(),
         };
         let (headers, body) = build_webhook(&context(&event_name), &event, &[KEY]).unwrap();
         let check = handle(&parser, &headers, &body);

@@ -105,7 +105,7 @@ fn signed_request(port: u16, key: &str) -> Vec<u8> {
         connection_id: "bench-cold-conn".into(),
         user_id: Some("bench-user".into()),
         event_name: "message".into(),
-        ce_id: format!("cold-{nanos}"),
+        ce_id: format!("cold-{nanos}").into(),
         ce_time: None,
         subprotocol: None,
         state,

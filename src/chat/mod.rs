@@ -151,10 +151,12 @@ impl Chat {
             protocol::Event::Connected => self.notice(ctx, Notice::Joined).await,
             protocol::Event::Disconnected(_) => self.notice(ctx, Notice::Left).await,
             protocol::Event::User(ev) if ev.name == "message" => self.message(ctx, &ev.data).await,
-            protocol::Event::User(ev) if self.inner.config.relay_events.contains(&ev.name) => {
+            protocol::Event::User(ev)
+                if self.inner.config.relay_events.iter().any(|e| *e == ev.name) =>
+            {
                 self.relay(ctx, &ev.name, &ev.data).await
             }
-            protocol::Event::User(ev) => Err(ChatError::UnsupportedEvent(ev.name.clone())),
+            protocol::Event::User(ev) => Err(ChatError::UnsupportedEvent(ev.name.to_string())),
         }
     }
 
@@ -164,7 +166,7 @@ impl Chat {
         req: &ConnectRequest,
     ) -> Result<Response<Bytes>, ChatError> {
         // ce-userId is what the service took from the verified token; the query is the client's.
-        let user = ctx.user_id.clone();
+        let user = ctx.user_id.as_deref().map(String::from);
         if user.is_none() && !self.inner.config.allow_anonymous {
             return Err(ChatError::Anonymous);
         }
@@ -262,8 +264,8 @@ impl Chat {
                 store
                     .presence_online(&Online {
                         room: room.to_string(),
-                        connection_id: ctx.connection_id.clone(),
-                        user_id: user.clone(),
+                        connection_id: ctx.connection_id.to_string(),
+                        user_id: user.to_string(),
                         since_ms: now,
                         expires_ms: now.saturating_add(ttl),
                     })
@@ -303,8 +305,8 @@ impl Chat {
             kind,
             room: room.to_string(),
             payload,
-            connection_id: ctx.connection_id.clone(),
-            ce_id: ctx.ce_id.clone(),
+            connection_id: ctx.connection_id.to_string(),
+            ce_id: ctx.ce_id.to_string(),
             created_ms: now,
             due_ms: now.saturating_add(self.inner.config.outbox.grace.as_millis() as i64),
             attempts: 0,
@@ -326,9 +328,9 @@ impl Chat {
         }
         let new = NewMessage {
             room: room.clone(),
-            connection_id: ctx.connection_id.clone(),
-            ce_id: ctx.ce_id.clone(),
-            user_id: ctx.user_id.clone(),
+            connection_id: ctx.connection_id.to_string(),
+            ce_id: ctx.ce_id.to_string(),
+            user_id: ctx.user_id.as_deref().map(String::from),
             text,
             at_ms: event_time_ms(ctx),
         };

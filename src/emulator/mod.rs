@@ -471,7 +471,7 @@ impl Shared {
         data: EventData,
     ) -> Result<Option<EventData>, UserEventError> {
         let event = Event::User(UserEvent {
-            name: name.to_string(),
+            name: name.into(),
             data,
         });
         if !self.upstream.handles(&conn.hub, &event, name) {

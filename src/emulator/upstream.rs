@@ -309,9 +309,9 @@ impl Upstream {
         response: Option<WebhookResponse>,
     ) {
         let log = WebhookLog {
-            hub: ctx.hub.clone(),
-            event: ctx.event_name.clone(),
-            connection_id: ctx.connection_id.clone(),
+            hub: ctx.hub.to_string(),
+            event: ctx.event_name.to_string(),
+            connection_id: ctx.connection_id.to_string(),
             status,
             error,
             elapsed: started.elapsed(),

@@ -88,7 +88,10 @@ pub fn build_webhook(
         &format!("/hubs/{}/client/{}", ctx.hub, ctx.connection_id),
     )?;
     put("ce-id", &ctx.ce_id)?;
-    let time = ctx.ce_time.clone().unwrap_or_else(now_rfc3339);
+    let time = ctx
+        .ce_time
+        .as_deref()
+        .map_or_else(now_rfc3339, String::from);
     put("ce-time", &time)?;
     if !keys.is_empty() {
         put(

@@ -25,6 +25,9 @@ pub fn sign<'a>(keys: impl IntoIterator<Item = &'a str>, connection_id: &str) ->
         .join(",")
 }
 
+/// How many `sha256=` entries of one `ce-signature` are compared (the service sends one per key).
+const MAX_OFFERED: usize = 8;
+
 /// Checks `ce-signature` against every key we hold. Keys are kept as precomputed HMAC states so a
 /// webhook costs one HMAC finalisation per key, not a key schedule.
 #[derive(Clone)]
@@ -59,7 +62,11 @@ impl SignatureVerifier {
         header_values: impl IntoIterator<Item = &'a [u8]>,
         connection_id: &str,
     ) -> Result<(), ProtocolError> {
-        let mut offered: Vec<[u8; 32]> = Vec::new();
+        // The digests offered, on the stack: the service sends one per access key (two at
+        // most), and a webhook should not cost an allocation for them. Entries past
+        // `MAX_OFFERED` are not compared; a request needing one of them is refused.
+        let mut offered = [[0u8; 32]; MAX_OFFERED];
+        let mut count = 0;
         let mut any = false;
         for line in header_values {
             for entry in line.split(|b| *b == b',') {
@@ -71,9 +78,9 @@ impl SignatureVerifier {
                 let Some(hexpart) = strip_prefix_ci(entry, b"sha256=") else {
                     continue;
                 };
-                let mut buf = [0u8; 32];
-                if hex::decode_to_slice(hexpart, &mut buf).is_ok() {
-                    offered.push(buf);
+                if count < MAX_OFFERED && hex::decode_to_slice(hexpart, &mut offered[count]).is_ok()
+                {
+                    count += 1;
                 }
             }
         }
@@ -85,7 +92,7 @@ impl SignatureVerifier {
             let mut m = key.clone();
             m.update(connection_id.as_bytes());
             let expected: [u8; 32] = m.finalize().into_bytes().into();
-            for o in &offered {
+            for o in &offered[..count] {
                 ok |= expected.ct_eq(o);
             }
         }
@@ -149,6 +156,24 @@ mod tests {
             v.verify([format!("{SIG1} , {SIG2}").as_bytes()], CID),
             Ok(())
         );
+    }
+
+    /// The first `MAX_OFFERED` well-formed digests are compared, the rest not: a valid one
+    /// behind as many wrong ones is refused, within them it is found.
+    #[test]
+    fn compares_at_most_max_offered_digests() {
+        let v = SignatureVerifier::new([K1]);
+        let wrong = [WRONG_B64_KEY; MAX_OFFERED - 1];
+        let within = format!("{},{SIG1}", wrong.join(","));
+        assert_eq!(v.verify([within.as_bytes()], CID), Ok(()));
+        let behind = format!("{},{WRONG_B64_KEY},{SIG1}", wrong.join(","));
+        assert_eq!(
+            v.verify([behind.as_bytes()], CID),
+            Err(ProtocolError::BadSignature)
+        );
+        // Malformed entries take no place.
+        let junk = format!("{},{SIG1}", ["sha256=zz"; 20].join(","));
+        assert_eq!(v.verify([junk.as_bytes()], CID), Ok(()));
     }
 
     #[test]

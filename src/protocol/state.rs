@@ -17,8 +17,9 @@ use serde_json::{Map, Value};
 /// one that reads several keys decodes once.
 #[derive(Clone, Default)]
 pub struct ConnectionState {
-    /// The header text and its format, until decoded (`None`: built empty or by `set`).
-    raw: Option<(Box<str>, Format)>,
+    /// The header text and its format, until decoded (`None`: built empty or by `set`). Inline
+    /// up to 24 bytes: the base64 of a state like `{"room":"general"}` takes no allocation.
+    raw: Option<(super::ShortString, Format)>,
     values: OnceLock<Map<String, Value>>,
 }
 

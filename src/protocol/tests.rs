@@ -438,7 +438,7 @@ fn builder_and_parser_agree() {
     for event in events {
         let mut ctx = ctx.clone();
         if !matches!(event, Event::User(_)) {
-            ctx.event_name = event.kind().to_string();
+            ctx.event_name = event.kind().into();
         }
         let (h, b) = build_webhook(&ctx, &event, &[K2]).unwrap();
         let w = parser().parse(&h, b).unwrap();
@@ -511,7 +511,7 @@ fn ids_and_time_are_bounded_at_the_boundary() {
     let now = now_rfc3339();
     assert_eq!(
         connected(&[("ce-time", &now)]).unwrap().context.ce_time,
-        Some(now)
+        Some(now.into())
     );
 
     // The builder refuses what the parser would.

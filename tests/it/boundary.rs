@@ -85,8 +85,8 @@ async fn ids_and_times_outside_the_rules_are_refused() {
     let app = spawn_app().await;
     let send_raw = |ce_id: String, user: String, time: &'static str| {
         let mut c = ctx("conn-ids", Some("alice"), "1", Some("lobby")).with_event_name("message");
-        c.ce_id = ce_id;
-        c.user_id = Some(user);
+        c.ce_id = ce_id.into();
+        c.user_id = Some(user.into());
         c.ce_time = Some(time.into());
         c
     };

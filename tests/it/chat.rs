@@ -444,7 +444,7 @@ async fn history_pages_with_an_opaque_cursor() {
     let app = spawn_app().await;
     for i in 0..7 {
         let mut c = ctx("c1", Some("alice"), &i.to_string(), Some("lobby"));
-        c.ce_time = Some(format!("2024-05-01T10:00:0{i}Z"));
+        c.ce_time = Some(format!("2024-05-01T10:00:0{i}Z").into());
         assert_eq!(
             app.send(c, message(&format!("m{i}")), &[KEY])
                 .await

@@ -189,7 +189,7 @@ impl TestApp {
         if ctx.event_name.is_empty() {
             ctx.event_name = match &event {
                 Event::User(u) => u.name.clone(),
-                other => other.kind().to_string(),
+                other => other.kind().into(),
             };
         }
         let (headers, body) = build_webhook(&ctx, &event, keys).unwrap();
