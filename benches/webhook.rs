@@ -63,7 +63,7 @@ fn cases() -> Vec<(&'static str, Event)> {
         ),
         (
             "user_text",
-            user(EventData::Text("hello, lobby! ".repeat(8))),
+            user(EventData::Text("hello, lobby! ".repeat(8).into())),
         ),
         (
             "user_json",

@@ -83,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
 
     println!("flood: {count} x {size} B to group \"flood\" ({protocol}), {concurrency} in flight");
     report("before");
-    let data = EventData::Text("x".repeat(size));
+    let data = EventData::Text("x".repeat(size).into());
     let send_opts = SendOptions::default();
     let started = Instant::now();
     let failures = stream::iter(0..count)

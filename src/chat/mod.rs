@@ -445,7 +445,7 @@ impl Chat {
     ) -> Result<(String, String), MessageError> {
         let home = self.home_room(ctx)?;
         let (text, room) = match data {
-            EventData::Text(s) => (s.clone(), None),
+            EventData::Text(s) => (s.to_string(), None),
             EventData::Json(Value::String(s)) => (s.clone(), None),
             EventData::Json(Value::Object(o)) => {
                 let text = match o.get("text") {

@@ -143,7 +143,7 @@ fn message_rules() {
         .unwrap_err()
         .to_string()
         .contains("empty"));
-    assert!(ok(EventData::Text("x".repeat(11)))
+    assert!(ok(EventData::Text("x".repeat(11).into()))
         .unwrap_err()
         .to_string()
         .contains("exceeds 10 bytes"));

@@ -452,7 +452,7 @@ mod tests {
         let (tx, mut rx) = socket();
         let g = c.attach(tx);
         for i in 0..3 {
-            c.send_data(&Origin::Server, &EventData::Text(format!("m{i}")))
+            c.send_data(&Origin::Server, &EventData::Text(format!("m{i}").into()))
                 .unwrap();
         }
         let seqs: Vec<u64> = drain(&mut rx)
@@ -576,7 +576,7 @@ mod tests {
                 messages: 100,
             });
             c.attach(q);
-            let big = EventData::Text("x".repeat(300));
+            let big = EventData::Text("x".repeat(300).into());
             let sent = (0..10)
                 .take_while(|_| c.send_data(&Origin::Server, &big).is_ok())
                 .count();

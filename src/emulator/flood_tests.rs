@@ -122,7 +122,7 @@ impl Setup {
     }
 
     async fn send(&self, n: usize) {
-        let data = EventData::Text("x".repeat(SIZE));
+        let data = EventData::Text("x".repeat(SIZE).into());
         let opts = SendOptions::default();
         let failed = stream::iter(0..n)
             .map(|_| self.svc.send_to_group("flood", &data, &opts))

@@ -116,7 +116,7 @@ impl Payload {
         match self.data_type.as_deref().unwrap_or("json") {
             "json" => Ok(EventData::Json(self.data)),
             "text" => match self.data {
-                Value::String(s) => Ok(EventData::Text(s)),
+                Value::String(s) => Ok(EventData::Text(s.into())),
                 _ => Err(DataError::TextNotString),
             },
             "binary" | "protobuf" => self

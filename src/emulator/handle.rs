@@ -300,7 +300,7 @@ async fn on_simple_frame(
     mode: &SimpleMode,
 ) -> Result<(), Stop> {
     let data = if text {
-        EventData::Text(String::from_utf8_lossy(&payload).into_owned())
+        EventData::Text(String::from_utf8_lossy(&payload).into())
     } else {
         EventData::Binary(payload)
     };

@@ -604,7 +604,7 @@ fn reply_data(reply: &UpstreamReply) -> Result<Option<EventData>, UserEventError
     );
     match media.as_str() {
         "text/plain" => Ok(Some(EventData::Text(
-            String::from_utf8_lossy(&reply.body).into_owned(),
+            String::from_utf8_lossy(&reply.body).into(),
         ))),
         "application/json" => serde_json::from_slice(&reply.body)
             .map(|v| Some(EventData::Json(v)))

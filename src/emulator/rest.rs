@@ -282,9 +282,7 @@ impl Request<'_> {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/octet-stream");
         match crate::protocol::media_type(ct).as_str() {
-            "text/plain" => Ok(EventData::Text(
-                String::from_utf8_lossy(self.body).into_owned(),
-            )),
+            "text/plain" => Ok(EventData::Text(String::from_utf8_lossy(self.body).into())),
             "application/json" => serde_json::from_slice(self.body)
                 .map(EventData::Json)
                 .map_err(RestError::Json),

@@ -481,7 +481,7 @@ mod tests {
         h.system_events = vec!["connect".into()];
         let user = Event::User(UserEvent {
             name: "typing".into(),
-            data: EventData::Text(String::new()),
+            data: EventData::Text(Default::default()),
         });
         assert!(h.matches("chat", &user, "typing"));
         assert!(!h.matches("chat", &user, "other"));

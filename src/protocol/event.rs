@@ -221,7 +221,7 @@ pub struct UserEvent {
 /// A user event's payload, typed by the request's media type as the service uploads it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventData {
-    Text(String),
+    Text(ShortString),
     Json(Value),
     Binary(Bytes),
 }
@@ -474,7 +474,7 @@ fn user_data(ct: &str, body: Bytes) -> Result<EventData, ProtocolError> {
     if is("text/plain") {
         // Checked in place, then copied once.
         std::str::from_utf8(&body)
-            .map(|s| EventData::Text(s.to_string()))
+            .map(|s| EventData::Text(s.into()))
             .map_err(|_| ProtocolError::InvalidBody {
                 event: "user",
                 reason: "text/plain body is not UTF-8".into(),
