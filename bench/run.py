@@ -987,8 +987,9 @@ class Bench:
                  f" be {b['fsync_rps_median']:,.0f}/s; the p99 is {b['fsync_p99_us']:.0f} µs.)")
         L.append(f"- hubhook's W2 makes **two group-committed, fsync'd writes per message, one after the other**: the message"
                  " with its outbox row (one transaction), then, after the REST broadcast, the outbox row's delete"
-                 " (`broadcast_sent`, through the same writer thread, `synchronous=FULL`), and it answers only after the"
-                 f" second. With both, at most {CONNECTIONS} writes share an fsync but each message needs two:"
+                 " (`broadcast_sent`, through the same writer thread, `synchronous=FULL`). The webhook is answered once the"
+                 " broadcast is sent; the delete follows without holding the answer (`chat::outbox::Outbox::deliver`), but"
+                 f" the writer thread still commits both. With both, at most {CONNECTIONS} writes share an fsync but each message needs two:"
                  f" {b['fsync_rps_two_commits']:,.0f} messages/s. The row above uses the issue's one-fsync bound.")
         L.append(f"- **CPU bound** = 1 ÷ CPU time per request of the `hubhook serve` process (user + system, all threads,"
                  f" /proc/<pid>/stat over each round ÷ responses; median of rounds) = 1 ÷ {b['cpu_us_per_req']:.1f} µs ="

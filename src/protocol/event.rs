@@ -15,10 +15,11 @@ use super::{ConnectionState, ProtocolError, SignatureVerifier};
 pub const TYPE_PREFIX_SYS: &str = "azure.webpubsub.sys.";
 pub const TYPE_PREFIX_USER: &str = "azure.webpubsub.user.";
 
-/// A short string of the webhook context: kept inline, without an allocation, up to 24 bytes
-/// (hub names, event names, `ce-time`, most user, connection and event ids), on the heap beyond.
-/// Seven such strings are copied out of every webhook; as `String`s they were seven allocations
-/// and frees a request, ~6% of the W1 echo's CPU (bench/README.md). It derefs to `str`.
+/// A string copied out of a webhook: kept inline, without an allocation, up to 24 bytes (hub
+/// and event names, `ce-time`, most user, connection and event ids, short text messages), on
+/// the heap beyond (a `String` turned into one keeps its buffer). Seven such strings are copied
+/// out of every webhook; as `String`s they were seven allocations and frees a request, ~6% of
+/// the W1 echo's CPU (bench/README.md). It derefs to `str`.
 pub type ShortString = compact_str::CompactString;
 
 /// What every event of a connection carries in its `ce-*` headers.
