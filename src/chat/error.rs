@@ -29,7 +29,7 @@ pub enum ChatError {
     },
     #[error("relay failed: {0}")]
     RelayFailed(BroadcastError),
-    #[error("rate limit: at most {0} per user; message not stored")]
+    #[error("rate limit: at most {0} per user; message refused, try again later")]
     RateLimited(MessageRate),
 }
 

@@ -118,11 +118,19 @@ impl AppError {
 impl IntoResponse for AppError {
     fn into_response(self) -> axum::response::Response {
         let status = self.status();
-        if status.is_server_error() {
-            tracing::error!(status = status.as_u16(), error = %self, "request failed");
-        }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            tracing::warn!(error = %self, "request refused for now");
+        match &self {
+            // The verifier warns once when the issuer's keys cannot be fetched; a line per
+            // request on top would flood the log for as long as the provider is down.
+            AppError::Auth(AuthError::KeysUnavailable(_)) => {
+                tracing::debug!(error = %self, "request refused for now")
+            }
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => {
+                tracing::warn!(error = %self, "request refused for now")
+            }
+            _ if status.is_server_error() => {
+                tracing::error!(status = status.as_u16(), error = %self, "request failed")
+            }
+            _ => {}
         }
         let mut r = crate::protocol::failure(status, &self.to_string()).map(Body::from);
         if status == StatusCode::UNAUTHORIZED {

@@ -290,6 +290,8 @@ async fn oidc_tokens_sign_in_and_every_refusal_is_401() {
 
 #[tokio::test]
 async fn jwks_down_is_503_not_401_until_it_is_back() {
+    // The test's runtime is one thread, so the server's tasks log into this capture.
+    let log = LogCapture::install();
     let p = Provider::start(vec![jwk("ec1", "e1")]).await;
     p.down.store(true, Ordering::SeqCst);
     let app = oidc_app(&p, |_| {}).await;
@@ -298,6 +300,24 @@ async fn jwks_down_is_503_not_401_until_it_is_back() {
     assert_eq!(status, 503, "{body}");
     assert!(body.starts_with("cannot verify tokens now: GET "), "{body}");
     assert!(body.contains("status 503"), "{body}");
+    // Past the one-second back-off each request fetches again and fails again; the operator is
+    // warned once, not once per request.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..3 {
+        assert_eq!(app.get_as("/api/messages", Some(&t)).await.0, 503);
+    }
+    let fetches = p.key_fetches();
+    assert!(fetches >= 2, "the keys were fetched again: {fetches}");
+    let text = log.text();
+    let loud: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    assert_eq!(loud.len(), 1, "one warning while the keys are down: {text}");
+    assert!(
+        loud[0].contains("cannot fetch the issuer's signing keys"),
+        "{text}"
+    );
     // A missing token is still the caller's fault.
     assert_eq!(app.get_as("/negotiate", None).await.0, 401);
     p.down.store(false, Ordering::SeqCst);
@@ -391,4 +411,82 @@ async fn off_closes_negotiate_history_and_presence() {
     // The old name still works as an alias of open/off.
     let app = spawn_app_with(|a| a.negotiate = Some("off".into())).await;
     assert_eq!(app.get_as("/api/messages", None).await.0, 404);
+}
+
+#[tokio::test]
+async fn leeway_forgives_clock_skew_and_no_more() {
+    let p = Provider::start(vec![jwk("ec1", "e1")]).await;
+    let with = |exp_offset: i64, nbf_offset: Option<i64>| {
+        let mut c = p.claims("alice");
+        c["exp"] = (now() + exp_offset).into();
+        if let Some(n) = nbf_offset {
+            c["nbf"] = (now() + n).into();
+        }
+        sign("ec1", "e1", Algorithm::ES256, &c)
+    };
+    // Default leeway (30 s): ten seconds of skew either way is forgiven, two minutes is not.
+    let app = oidc_app(&p, |_| {}).await;
+    assert_eq!(
+        app.get_as("/api/messages", Some(&with(-10, None))).await.0,
+        200
+    );
+    assert_eq!(
+        app.get_as("/api/messages", Some(&with(300, Some(10))))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        app.get_as("/api/messages", Some(&with(-120, None))).await.0,
+        401
+    );
+    // HUBHOOK_AUTH_LEEWAY=0: the same ten seconds are refused.
+    let strict = oidc_app(&p, |a| a.auth_leeway = Some("0".into())).await;
+    let (status, body) = strict.get_as("/api/messages", Some(&with(-10, None))).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("expired"), "{body}");
+    // A wider leeway (3m) accepts what the default refused.
+    let lax = oidc_app(&p, |a| a.auth_leeway = Some("3m".into())).await;
+    assert_eq!(
+        lax.get_as("/api/messages", Some(&with(-120, None))).await.0,
+        200
+    );
+}
+
+/// Collects what the current thread's tasks log (a scoped subscriber, so other tests running
+/// in parallel do not write into it).
+struct LogCapture {
+    buf: Arc<Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+impl LogCapture {
+    fn install() -> Self {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let writer = CaptureWriter(buf.clone());
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        LogCapture { buf, _guard }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buf.lock().unwrap()).into_owned()
+    }
+}
+
+#[derive(Clone)]
+struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

@@ -150,7 +150,7 @@ async fn message_rate_is_per_user_and_refusals_store_nothing() {
         if status == 429 {
             assert_eq!(
                 body,
-                "rate limit: at most 1 messages per minute (burst 3) per user; message not stored"
+                "rate limit: at most 1 messages per minute (burst 3) per user; message refused, try again later"
             );
         }
         statuses.push(status);
