@@ -7,8 +7,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use base64::Engine as _;
-
 use clap::{Args, Subcommand};
 
 use crate::auth::OidcConfig;
@@ -18,7 +16,7 @@ use crate::chat::{
 };
 use crate::protocol::{validate_hub, AllowedOrigins};
 use crate::runtime::listener::Limits;
-use crate::service::{AccessKey, ConnectionString};
+use crate::service::{AccessKey, ConnectionString, ACCESS_KEY_CHARS};
 use crate::store::{OpenOptions, StoreSpec};
 
 /// The public key of local emulators (Microsoft's and ours): never valid on a real resource.
@@ -151,6 +149,8 @@ pub struct EmulatorArgs {
     /// gets connect, connected, disconnected and every user event. Repeatable.
     #[arg(long, env = "HUBHOOK_EVENT_HANDLER", value_delimiter = ' ')]
     pub event_handler: Vec<String>,
+    #[command(flatten)]
+    pub listener: ListenerArgs,
 }
 
 impl EmulatorArgs {
@@ -158,6 +158,11 @@ impl EmulatorArgs {
     pub fn addr(&self) -> Result<SocketAddr, ConfigError> {
         let ip = parse_num("HUBHOOK_EMULATOR_BIND", &self.bind, "an IP address")?;
         Ok(SocketAddr::new(ip, emulator_port(&self.port)?))
+    }
+
+    /// The emulator's listener: the same variables as `serve`'s, the only listener of the process.
+    pub fn limits(&self) -> Result<Limits, ConfigError> {
+        limits(&self.listener, 1)
     }
 }
 
@@ -179,6 +184,15 @@ impl DevArgs {
 
 fn emulator_port(v: &str) -> Result<u16, ConfigError> {
     parse_num("HUBHOOK_EMULATOR_PORT", v, "a port number (0-65535)")
+}
+
+/// Flags of every binary (`hubhook` and `hubhook-lambda` flatten it into their command line).
+#[derive(Debug, Clone, Default, Args)]
+pub struct LogArgs {
+    /// Log format: `pretty` or `json` (default: json under Lambda / Azure Functions, pretty
+    /// elsewhere).
+    #[arg(long, env = "HUBHOOK_LOG_FORMAT", global = true)]
+    pub log_format: Option<String>,
 }
 
 /// How logs are written: `pretty` for a person, `json` for a log stream.
@@ -245,6 +259,7 @@ pub const VARIABLES: &[&str] = &[
     "WEBPUBSUB_CONNECTION_STRING_SECRET_ARN",
     "WEBPUBSUB_HUB",
     "WEBPUBSUB_ACCESS_KEYS",
+    "WEBPUBSUB_ACCESS_KEYS_FILE",
     "HUBHOOK_ALLOWED_ORIGINS",
     "HUBHOOK_STORE",
     "HUBHOOK_NEGOTIATE",
@@ -337,9 +352,13 @@ pub struct ServeArgs {
     #[arg(long, env = "WEBPUBSUB_HUB")]
     pub hub: Option<String>,
     /// Extra access keys accepted for `ce-signature` (comma-separated), e.g. the secondary key.
-    /// Prefer the variable: a flag's value is visible to every user through `ps`.
-    #[arg(long, env = "WEBPUBSUB_ACCESS_KEYS", hide_env_values = true)]
+    /// Deliberately no flag, as for the connection string: from `WEBPUBSUB_ACCESS_KEYS`, its
+    /// file, or code that builds these arguments (which wins).
+    #[arg(skip)]
     pub access_keys: Option<String>,
+    /// File holding the extra access keys (comma-separated, trimmed), e.g. a mounted secret.
+    #[arg(long, env = "WEBPUBSUB_ACCESS_KEYS_FILE")]
+    pub access_keys_file: Option<String>,
     /// Origins allowed by the abuse-protection handshake: `*` or comma-separated hosts.
     /// Default: the host of the connection string's endpoint.
     #[arg(long, env = "HUBHOOK_ALLOWED_ORIGINS")]
@@ -406,22 +425,8 @@ pub struct ServeArgs {
     /// `true` turns OFF ce-signature verification. Only for debugging; logged loudly.
     #[arg(long, env = "HUBHOOK_INSECURE_SKIP_SIGNATURE")]
     pub insecure_skip_signature: Option<String>,
-    /// Longest wait for a request's head (e.g. `10s`, `500ms`; a bare number is seconds).
-    #[arg(long, env = "HUBHOOK_HEADER_TIMEOUT")]
-    pub header_timeout: Option<String>,
-    /// Longest wait for a request's body once its head arrived (answers 408).
-    #[arg(long, env = "HUBHOOK_BODY_TIMEOUT")]
-    pub body_timeout: Option<String>,
-    /// How long a keep-alive connection may sit silent.
-    #[arg(long, env = "HUBHOOK_IDLE_TIMEOUT")]
-    pub idle_timeout: Option<String>,
-    /// After SIGTERM, how long in-flight requests get before every connection is closed.
-    #[arg(long, env = "HUBHOOK_DRAIN_TIMEOUT")]
-    pub drain_timeout: Option<String>,
-    /// Connections served at once; more are answered 503 (default: file-descriptor limit − 256,
-    /// 64–2048).
-    #[arg(long, env = "HUBHOOK_MAX_CONNECTIONS")]
-    pub max_connections: Option<String>,
+    #[command(flatten)]
+    pub listener: ListenerArgs,
     /// How long the outbox keeps trying to send a broadcast before it gives up (e.g. `24h`).
     #[arg(long, env = "HUBHOOK_OUTBOX_GIVE_UP")]
     pub outbox_give_up: Option<String>,
@@ -440,6 +445,27 @@ pub struct ServeArgs {
     pub create_table: Option<String>,
 }
 
+/// Timeouts and connection cap of a listener: `serve`'s, `dev`'s two, the emulator's.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ListenerArgs {
+    /// Longest wait for a request's head (e.g. `10s`, `500ms`; a bare number is seconds).
+    #[arg(long, env = "HUBHOOK_HEADER_TIMEOUT")]
+    pub header_timeout: Option<String>,
+    /// Longest wait for a request's body once its head arrived (answers 408).
+    #[arg(long, env = "HUBHOOK_BODY_TIMEOUT")]
+    pub body_timeout: Option<String>,
+    /// How long a keep-alive connection may sit silent.
+    #[arg(long, env = "HUBHOOK_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<String>,
+    /// After SIGTERM, how long in-flight requests get before every connection is closed.
+    #[arg(long, env = "HUBHOOK_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<String>,
+    /// Connections served at once per listener; more are answered 503 (default: file-descriptor
+    /// limit − 256, 64–2048, shared evenly by `dev`'s two listeners).
+    #[arg(long, env = "HUBHOOK_MAX_CONNECTIONS")]
+    pub max_connections: Option<String>,
+}
+
 impl ServeArgs {
     /// `hubhook` with no subcommand (how Lambda and Functions start it): serve, configured by
     /// the environment alone.
@@ -456,39 +482,47 @@ impl ServeArgs {
     /// file `WEBPUBSUB_CONNECTION_STRING_FILE` names (setting both is an error). Left unset, the
     /// secret ARN (resolved at start by the runtime) or the `dev` default applies.
     pub fn read_connection_string(&mut self) -> Result<(), ConfigError> {
-        const FILE: &str = "WEBPUBSUB_CONNECTION_STRING_FILE";
         if self.connection_string.is_some() {
             return Ok(());
         }
-        let from_env = env_var("WEBPUBSUB_CONNECTION_STRING")?.filter(|v| !v.trim().is_empty());
-        let file = self
-            .connection_string_file
-            .as_deref()
-            .filter(|f| !f.is_empty());
-        match (from_env, file) {
-            (Some(_), Some(_)) => Err(err(
-                FILE,
-                "set either WEBPUBSUB_CONNECTION_STRING or WEBPUBSUB_CONNECTION_STRING_FILE, not both",
-            )),
-            (Some(v), None) => {
-                self.connection_string = Some(v);
-                Ok(())
-            }
-            (None, Some(path)) => {
-                let bytes = std::fs::read(path)
-                    .map_err(|e| err(FILE, format!("cannot read {path:?}: {}", e.kind())))?;
-                let text = String::from_utf8(bytes)
-                    .map_err(|_| err(FILE, format!("{path:?} is not valid UTF-8")))?;
-                let text = text.trim();
-                if text.is_empty() {
-                    return Err(err(FILE, format!("{path:?} is empty")));
-                }
-                self.connection_string = Some(text.to_string());
-                self.connection_string_from = Some(FILE);
-                Ok(())
-            }
-            (None, None) => Ok(()),
+        if let Some((text, var)) = secret_from_env_or_file(
+            "WEBPUBSUB_CONNECTION_STRING",
+            "WEBPUBSUB_CONNECTION_STRING_FILE",
+            self.connection_string_file.as_deref(),
+        )? {
+            self.connection_string = Some(text);
+            self.connection_string_from = Some(var);
         }
+        Ok(())
+    }
+}
+
+/// A secret with no flag: the variable `var`, or the file `file_var` names (trimmed; setting both
+/// is an error). Returns the text and the variable it came from, for its errors.
+fn secret_from_env_or_file(
+    var: &'static str,
+    file_var: &'static str,
+    file: Option<&str>,
+) -> Result<Option<(String, &'static str)>, ConfigError> {
+    let from_env = env_var(var)?.filter(|v| !v.trim().is_empty());
+    match (from_env, file.filter(|f| !f.is_empty())) {
+        (Some(_), Some(_)) => Err(err(
+            file_var,
+            format!("set either {var} or {file_var}, not both"),
+        )),
+        (Some(v), None) => Ok(Some((v, var))),
+        (None, Some(path)) => {
+            let bytes = std::fs::read(path)
+                .map_err(|e| err(file_var, format!("cannot read {path:?}: {}", e.kind())))?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| err(file_var, format!("{path:?} is not valid UTF-8")))?;
+            let text = text.trim();
+            if text.is_empty() {
+                return Err(err(file_var, format!("{path:?} is empty")));
+            }
+            Ok(Some((text.to_string(), file_var)))
+        }
+        (None, None) => Ok(None),
     }
 }
 
@@ -520,6 +554,9 @@ pub struct Defaults {
     pub port: u16,
     pub bind: IpAddr,
     pub connection_string: Option<String>,
+    /// Listeners in the process: the default connection cap (sized to the descriptor limit) is
+    /// shared evenly by them, so that together they cannot exhaust it.
+    pub listeners: usize,
 }
 
 impl Defaults {
@@ -528,8 +565,10 @@ impl Defaults {
             port: 8080,
             bind: IpAddr::from([0, 0, 0, 0]),
             connection_string: None,
+            listeners: 1,
         }
     }
+    /// The function and the emulator in one process: two listeners.
     pub fn dev(emulator_port: u16) -> Self {
         Defaults {
             port: 8081,
@@ -537,6 +576,7 @@ impl Defaults {
             connection_string: Some(
                 ConnectionString::local(emulator_port, LOCAL_ACCESS_KEY).to_secret_string(),
             ),
+            listeners: 2,
         }
     }
 }
@@ -576,7 +616,7 @@ impl Config {
         let hub = a.hub.clone().unwrap_or_else(|| "chat".into());
         validate_hub(&hub).map_err(|e| err("WEBPUBSUB_HUB", e))?;
         let mut signature_keys = vec![connection_string.access_key.clone()];
-        signature_keys.extend(access_keys(a.access_keys.as_deref())?);
+        signature_keys.extend(access_keys(a)?);
         let auth = auth_mode(a, &connection_string)?;
         let mut chat = chat_config(a)?;
         chat.room_must_be_granted = matches!(&auth, AuthMode::Oidc(o) if o.rooms_claim.is_some());
@@ -610,7 +650,7 @@ impl Config {
             chat,
             event_path: event_path(a)?,
             dotnet_state: dotnet_state(a)?,
-            limits: limits(a)?,
+            limits: limits(&a.listener, d.listeners)?,
             connection_string,
         })
     }
@@ -639,34 +679,47 @@ fn connection_string(a: &ServeArgs, d: &Defaults) -> Result<ConnectionString, Co
                 "is required (Endpoint=https://<name>.webpubsub.azure.com;AccessKey=...;Version=1.0;)",
             )
         })?;
-    ConnectionString::parse(&text).map_err(|e| err(var, e))
+    let cs = ConnectionString::parse(&text).map_err(|e| err(var, e))?;
+    if !AccessKey::has_service_form(cs.access_key.expose()) {
+        return Err(not_an_access_key(var, "connection string: AccessKey"));
+    }
+    Ok(cs)
 }
 
-/// Length of a Web PubSub access key as the portal shows it: 44 base64 characters (32 bytes
-/// with one `=` of padding; the reference's sample keys are 44 characters without padding).
-pub const ACCESS_KEY_CHARS: usize = 44;
+/// The one refusal of a key without the service's form ([`AccessKey::has_service_form`]);
+/// `what` says which key, never its value.
+fn not_an_access_key(var: &'static str, what: &str) -> ConfigError {
+    err(
+        var,
+        format!(
+            "{what} is not an access key ({ACCESS_KEY_CHARS} base64 characters, as the portal shows it)"
+        ),
+    )
+}
 
-/// `WEBPUBSUB_ACCESS_KEYS`: each must have the form of a service key, so that a typo such as
-/// `1` cannot become a key anyone can sign webhooks with. Errors give the key's position only.
-fn access_keys(v: Option<&str>) -> Result<Vec<AccessKey>, ConfigError> {
-    let engine = base64::engine::GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        base64::engine::GeneralPurposeConfig::new()
-            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-    );
-    list(v)
+/// `WEBPUBSUB_ACCESS_KEYS` (or its file): each must have the form of a service key, so that a
+/// typo such as `1` cannot become a key anyone can sign webhooks with. Errors give the key's
+/// position only.
+fn access_keys(a: &ServeArgs) -> Result<Vec<AccessKey>, ConfigError> {
+    const VAR: &str = "WEBPUBSUB_ACCESS_KEYS";
+    let (text, var) = match &a.access_keys {
+        Some(keys) => (Some(keys.clone()), VAR),
+        None => match secret_from_env_or_file(
+            VAR,
+            "WEBPUBSUB_ACCESS_KEYS_FILE",
+            a.access_keys_file.as_deref(),
+        )? {
+            Some((text, var)) => (Some(text), var),
+            None => (None, VAR),
+        },
+    };
+    list(text.as_deref())
         .enumerate()
         .map(|(i, key)| {
-            if key.len() == ACCESS_KEY_CHARS && engine.decode(key).is_ok() {
+            if AccessKey::has_service_form(key) {
                 Ok(AccessKey::new(key))
             } else {
-                Err(err(
-                    "WEBPUBSUB_ACCESS_KEYS",
-                    format!(
-                        "key {} is not an access key ({ACCESS_KEY_CHARS} base64 characters, as the portal shows it)",
-                        i + 1
-                    ),
-                ))
+                Err(not_an_access_key(var, &format!("key {}", i + 1)))
             }
         })
         .collect()
@@ -973,8 +1026,10 @@ fn event_path(a: &ServeArgs) -> Result<String, ConfigError> {
     Ok(path)
 }
 
-fn limits(a: &ServeArgs) -> Result<Limits, ConfigError> {
+/// `listeners`: how many listeners the process has, sharing the default connection cap.
+fn limits(a: &ListenerArgs, listeners: usize) -> Result<Limits, ConfigError> {
     let mut l = Limits::default();
+    l.max_connections = (l.max_connections / listeners.max(1)).max(1);
     const HOUR: Duration = Duration::from_secs(3600);
     let d = |var, v: &Option<String>, default| {
         v.as_deref()
@@ -1045,8 +1100,9 @@ mod tests {
         }
     }
 
-    const CS: &str =
-        "Endpoint=https://contoso.webpubsub.azure.com;AccessKey=secretkey123;Version=1.0;";
+    /// A key of the service's form that must never be echoed (`secretkey123` inside it).
+    const SECRET_KEY: &str = "secretkey123secretkey123secretkey123secretk=";
+    const CS: &str = "Endpoint=https://contoso.webpubsub.azure.com;AccessKey=secretkey123secretkey123secretkey123secretk=;Version=1.0;";
 
     #[test]
     fn defaults() {
@@ -1126,7 +1182,9 @@ mod tests {
             })
             .starts_with("HUBHOOK_EVENT_PATH:"));
         }
-        let bad_port = e(args("Endpoint=https://x;AccessKey=secretkey123;Port=abc"));
+        let bad_port = e(args(&format!(
+            "Endpoint=https://x;AccessKey={SECRET_KEY};Port=abc"
+        )));
         assert!(
             !bad_port.contains("secretkey123") && bad_port.contains("Port"),
             "{bad_port}"
@@ -1134,13 +1192,40 @@ mod tests {
     }
 
     #[test]
+    fn the_connection_strings_key_has_the_service_form_and_is_never_echoed() {
+        for bad in [
+            "1",
+            "secretkey123",
+            "secretkey123secretkey123secretkey123secret=", // 43 chars
+            "secretkey123secretkey123secretkey123secre!k=", // not base64
+        ] {
+            let e = Config::from_args(
+                &args(&format!(
+                    "Endpoint=https://contoso.webpubsub.azure.com;AccessKey={bad};Version=1.0;"
+                )),
+                &Defaults::serve(),
+            )
+            .unwrap_err();
+            assert_eq!(e.var, "WEBPUBSUB_CONNECTION_STRING");
+            assert!(e.reason.contains("AccessKey is not an access key"), "{e}");
+            assert!(!e.reason.contains(&format!("={bad}")), "{e}");
+            assert!(!e.reason.contains(&format!("\"{bad}\"")), "{e}");
+        }
+        // The local emulators' public key is one.
+        assert!(Config::from_args(&ServeArgs::default(), &Defaults::dev(8080)).is_ok());
+    }
+
+    #[test]
     fn listener_limits() {
         let c = Config::from_args(
             &ServeArgs {
-                header_timeout: Some("500ms".into()),
-                body_timeout: Some("7".into()),
-                idle_timeout: Some("2m".into()),
-                max_connections: Some("100".into()),
+                listener: ListenerArgs {
+                    header_timeout: Some("500ms".into()),
+                    body_timeout: Some("7".into()),
+                    idle_timeout: Some("2m".into()),
+                    max_connections: Some("100".into()),
+                    ..Default::default()
+                },
                 ..args(CS)
             },
             &Defaults::serve(),
@@ -1150,13 +1235,59 @@ mod tests {
         assert_eq!(c.limits.body_read, Duration::from_secs(7));
         assert_eq!(c.limits.idle, Duration::from_secs(120));
         assert_eq!(c.limits.max_connections, 100);
+        // `dev`'s two listeners share the default cap, which is sized to the descriptor limit;
+        // a value that is set applies to each.
+        let default = Limits::default().max_connections;
+        let dev = |listener| {
+            Config::from_args(
+                &ServeArgs {
+                    listener,
+                    ..Default::default()
+                },
+                &Defaults::dev(8080),
+            )
+            .unwrap()
+            .limits
+        };
+        assert_eq!(dev(ListenerArgs::default()).max_connections, default / 2);
+        let set = ListenerArgs {
+            max_connections: Some("100".into()),
+            ..Default::default()
+        };
+        assert_eq!(dev(set).max_connections, 100);
+        let emu = EmulatorArgs {
+            port: "0".into(),
+            bind: "127.0.0.1".into(),
+            allow_public: false,
+            event_handler: vec![],
+            listener: ListenerArgs {
+                header_timeout: Some("300ms".into()),
+                ..Default::default()
+            },
+        };
+        let l = emu.limits().unwrap();
+        assert_eq!(
+            (l.header_read, l.max_connections),
+            (Duration::from_millis(300), default)
+        );
+        let bad = EmulatorArgs {
+            listener: ListenerArgs {
+                max_connections: Some("0".into()),
+                ..Default::default()
+            },
+            ..emu
+        };
+        assert_eq!(bad.limits().unwrap_err().var, "HUBHOOK_MAX_CONNECTIONS");
         for (var, bad) in [
             ("HUBHOOK_DRAIN_TIMEOUT", "soon"),
             ("HUBHOOK_DRAIN_TIMEOUT", "0s"),
         ] {
             let e = Config::from_args(
                 &ServeArgs {
-                    drain_timeout: Some(bad.into()),
+                    listener: ListenerArgs {
+                        drain_timeout: Some(bad.into()),
+                        ..Default::default()
+                    },
                     ..args(CS)
                 },
                 &Defaults::serve(),
@@ -1226,10 +1357,53 @@ mod tests {
     }
 
     #[test]
+    fn access_keys_from_a_file_name_the_file_variable() {
+        // The test process has no WEBPUBSUB_ACCESS_KEYS (scripts/test.sh sets none).
+        if std::env::var_os("WEBPUBSUB_ACCESS_KEYS").is_some() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        let from_file = |content: &str| {
+            std::fs::write(&path, content).unwrap();
+            Config::from_args(
+                &ServeArgs {
+                    access_keys_file: Some(path.display().to_string()),
+                    ..args(CS)
+                },
+                &Defaults::serve(),
+            )
+        };
+        let c = from_file(&format!("\n {SECOND},{THIRD}\n")).unwrap();
+        assert_eq!(c.signature_keys.len(), 3);
+        assert_eq!(c.signature_keys[2].expose(), THIRD);
+        let e = from_file(&format!("{SECOND},secretkey123")).unwrap_err();
+        assert_eq!(e.var, "WEBPUBSUB_ACCESS_KEYS_FILE");
+        assert!(e.reason.starts_with("key 2 "), "{e}");
+        assert!(!e.to_string().contains("secretkey123"), "{e}");
+        assert_eq!(
+            from_file("  ").unwrap_err().var,
+            "WEBPUBSUB_ACCESS_KEYS_FILE"
+        );
+        // Keys set by code win and the file is not read.
+        let c = Config::from_args(
+            &ServeArgs {
+                access_keys: Some(SECOND.into()),
+                access_keys_file: Some(dir.path().join("missing").display().to_string()),
+                ..args(CS)
+            },
+            &Defaults::serve(),
+        )
+        .unwrap();
+        assert_eq!(c.signature_keys.len(), 2);
+    }
+
+    #[test]
     fn every_variable_a_flag_reads_is_checked_for_utf8() {
         let cli = <Command as clap::Subcommand>::augment_subcommands(clap::Command::new("t"));
+        let global = <LogArgs as clap::Args>::augment_args(clap::Command::new("g"));
         let mut seen = 0;
-        for sub in cli.get_subcommands() {
+        for sub in cli.get_subcommands().chain([&global]) {
             for arg in sub.get_arguments() {
                 if let Some(var) = arg.get_env() {
                     seen += 1;
@@ -1248,6 +1422,7 @@ mod tests {
             bind: bind.into(),
             allow_public: false,
             event_handler: vec![],
+            listener: ListenerArgs::default(),
         };
         assert_eq!(
             emu("0", "127.0.0.1").addr().unwrap(),
@@ -1294,7 +1469,7 @@ mod tests {
 
         std::fs::write(
             &path,
-            "Endpoint=https://x;AccessKey=secretkey123;Port=secretkey123",
+            format!("Endpoint=https://x;AccessKey={SECRET_KEY};Port=secretkey123"),
         )
         .unwrap();
         let mut a = ServeArgs {

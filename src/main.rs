@@ -1,7 +1,7 @@
 //! The `hubhook` binary: parse the command line, hand it to [`hubhook::runtime::run`].
 
 use clap::Parser;
-use hubhook::config::Command;
+use hubhook::config::{Command, LogArgs};
 
 #[derive(Parser)]
 #[command(
@@ -12,9 +12,8 @@ use hubhook::config::Command;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Log format: `pretty` or `json` (default: json under Lambda / Azure Functions).
-    #[arg(long, env = "HUBHOOK_LOG_FORMAT", global = true)]
-    log_format: Option<String>,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[tokio::main]
@@ -25,7 +24,7 @@ async fn main() {
         std::process::exit(1);
     }
     let cli = Cli::parse();
-    let code = match hubhook::runtime::run(cli.command, cli.log_format.as_deref()).await {
+    let code = match hubhook::runtime::run(cli.command, cli.log.log_format.as_deref()).await {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("hubhook: {e}");

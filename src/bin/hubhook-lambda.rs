@@ -3,6 +3,7 @@
 //! links nothing a Lambda function cannot use (emulator, dev page, tunnel, listener).
 
 use clap::Parser;
+use hubhook::config::LogArgs;
 
 #[derive(Parser)]
 #[command(
@@ -11,9 +12,8 @@ use clap::Parser;
     about = "hubhook's Azure Web PubSub event handler as an AWS Lambda function"
 )]
 struct Cli {
-    /// Log format: `json` (default) or `pretty`.
-    #[arg(long, env = "HUBHOOK_LOG_FORMAT")]
-    log_format: Option<String>,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[tokio::main]
@@ -23,7 +23,7 @@ async fn main() {
         std::process::exit(1);
     }
     let cli = Cli::parse();
-    if let Err(e) = hubhook::runtime::lambda(cli.log_format.as_deref()).await {
+    if let Err(e) = hubhook::runtime::lambda(cli.log.log_format.as_deref()).await {
         eprintln!("hubhook-lambda: {e}");
         std::process::exit(1);
     }

@@ -135,6 +135,10 @@ pub struct EmulatorConfig {
     /// Tunnel connections get a WebSocket ping this often and a `ServiceStatus` every second
     /// time; one silent for three intervals is closed (see `tunnel`). Zero: none. Default 30 s.
     pub tunnel_keepalive: Duration,
+    /// The listener's timeouts and connection cap (upgraded WebSockets count against the cap).
+    /// Default [`Limits::default`]; `hubhook emulator` and `dev` set them from the same
+    /// variables as `serve`'s listener.
+    pub limits: Limits,
 }
 
 impl fmt::Debug for EmulatorConfig {
@@ -148,6 +152,7 @@ impl fmt::Debug for EmulatorConfig {
             .field("close_frame_is_final", &self.close_frame_is_final)
             .field("outbound_limit", &self.outbound_limit)
             .field("reliable_limit", &self.reliable_limit)
+            .field("limits", &self.limits)
             .field("origin", &self.origin)
             .finish_non_exhaustive()
     }
@@ -169,6 +174,7 @@ impl EmulatorConfig {
             origin: "localhost".into(),
             on_webhook: None,
             tunnel_keepalive: Duration::from_secs(30),
+            limits: Limits::default(),
         }
     }
 }
@@ -234,6 +240,7 @@ pub struct Emulator {
     key: String,
     tunnels: Arc<Tunnels>,
     shared: Arc<Shared>,
+    limits: Limits,
 }
 
 /// A read-only look at a running emulator's state (the dev page's Service view).
@@ -334,6 +341,7 @@ impl Emulator {
             key: config.access_key,
             tunnels,
             shared,
+            limits: config.limits,
         })
     }
 
@@ -360,8 +368,7 @@ impl Emulator {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        crate::runtime::listener::serve(self.listener, self.router, Limits::default(), shutdown)
-            .await
+        crate::runtime::listener::serve(self.listener, self.router, self.limits, shutdown).await
     }
 
     /// Binds and serves in the background (tests, embedding); stops when the handle is dropped.

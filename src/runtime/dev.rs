@@ -40,6 +40,8 @@ pub async fn run(args: &DevArgs) -> Result<(), RuntimeError> {
         vec![HandlerSettings::all_events(&config.hub, &handler)],
     );
     emu_config.access_key = config.connection_string.access_key.expose().to_string();
+    // Its share of the connection cap (`Defaults::dev`) and the same timeouts as the function's.
+    emu_config.limits = config.limits.clone();
     // On a laptop a closing tab should say "left" at once: a close frame ends the connection.
     // A dropped socket (no close frame) is still recoverable for 30 s on the reliable protocol.
     emu_config.close_frame_is_final = true;
@@ -50,10 +52,24 @@ pub async fn run(args: &DevArgs) -> Result<(), RuntimeError> {
         feed.record(log, None);
     }));
     let emulator = Emulator::with_listener(listener, emu_config)?;
-    let emu_addr = emulator.local_addr();
     let page_url = page.url();
     let app = app.merge(page.router(page_backends(&config, Some(emulator.view()), None)?));
+    print_banner(&config, &page_url, emulator.local_addr(), fn_addr, &handler);
+    tokio::select! {
+        r = app.run() => r?,
+        r = emulator.run() => r?,
+    }
+    Ok(())
+}
 
+/// What a client needs: the addresses, the connection string and a ready client URL.
+fn print_banner(
+    config: &Config,
+    page_url: &str,
+    emu_addr: SocketAddr,
+    fn_addr: SocketAddr,
+    handler: &str,
+) {
     // Pointed at a real resource (its own connection string): that key is a secret, so neither
     // it, the connection string nor a token-bearing URL is printed.
     let public_key = config.connection_string.access_key.expose() == LOCAL_ACCESS_KEY;
@@ -95,11 +111,6 @@ pub async fn run(args: &DevArgs) -> Result<(), RuntimeError> {
     println!("  history             : http://{fn_addr}/api/messages?room={room}");
     println!("  store               : {:?}", config.store);
     println!("webhooks (event, connection, status, time):");
-    tokio::select! {
-        r = app.run() => r?,
-        r = emulator.run() => r?,
-    }
-    Ok(())
 }
 
 /// What the dev page works with. Its "send to room" goes through the service's REST API: the

@@ -8,6 +8,7 @@ use crate::emulator::{Emulator, EmulatorConfig, HandlerSettings, WebhookLog};
 
 pub async fn run(args: &EmulatorArgs) -> Result<(), RuntimeError> {
     let addr = args.addr()?;
+    let limits = args.limits()?;
     let handlers = args
         .event_handler
         .iter()
@@ -37,6 +38,7 @@ pub async fn run(args: &EmulatorArgs) -> Result<(), RuntimeError> {
     let mut config = EmulatorConfig::local(addr.port(), handlers);
     config.bind = addr;
     config.allow_public = args.allow_public;
+    config.limits = limits;
     config.on_webhook = Some(Arc::new(|log: &WebhookLog| println!("  {log}")));
     let emulator = Emulator::with_listener(listener, config)?;
     let addr = emulator.local_addr();

@@ -1,5 +1,7 @@
 //! Logging: `tracing` to stderr, JSON for a log stream, compact for a person.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{log_filter, ConfigError, LogFormat};
@@ -9,8 +11,11 @@ use crate::config::{log_filter, ConfigError, LogFormat};
 pub fn init(format: LogFormat, dev: bool) -> Result<(), ConfigError> {
     let directives = log_filter()?.unwrap_or_else(|| if dev { "warn" } else { "info" }.into());
     let filter = filter(&directives)?;
+    // Colour codes only for a person at a terminal: in a pipe, a file or a log collector they
+    // are noise in every line.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // try_init: a test or an embedding program may have installed a subscriber already.
     let _ = match format {

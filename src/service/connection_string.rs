@@ -11,12 +11,30 @@ use super::ServiceError;
 #[derive(Clone, PartialEq, Eq)]
 pub struct AccessKey(String);
 
+/// Length of a Web PubSub access key as the portal shows it: 44 base64 characters (32 bytes
+/// with one `=` of padding; the reference's sample keys are 44 characters without padding).
+pub const ACCESS_KEY_CHARS: usize = 44;
+
 impl AccessKey {
     pub fn new(key: impl Into<String>) -> Self {
         AccessKey(key.into())
     }
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// Whether `key` has the form of a key the service issues ([`ACCESS_KEY_CHARS`] base64
+    /// characters). Settings refuse any other, so that a typo such as `1` cannot become a key
+    /// anyone can sign with; the local emulators' public key has this form too. Parsing a
+    /// connection string does not apply it: tests and embedders use short keys on purpose.
+    pub fn has_service_form(key: &str) -> bool {
+        use base64::Engine as _;
+        let engine = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        );
+        key.len() == ACCESS_KEY_CHARS && engine.decode(key).is_ok()
     }
 }
 
@@ -356,6 +374,27 @@ mod tests {
         );
         let c = ConnectionString::parse(&format!("Endpoint=https://x;AccessKey={KEY}")).unwrap();
         assert!(!format!("{c:?} {:?} {}", c.access_key, c.access_key).contains(KEY));
+    }
+
+    #[test]
+    fn the_service_form_of_a_key() {
+        for good in [
+            KEY,
+            "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=",
+            "abcdefghijklmnopqrstuvwxyz0123456789abcdefgh",
+        ] {
+            assert!(AccessKey::has_service_form(good), "{good}");
+        }
+        for bad in [
+            "",
+            "1",
+            "k",
+            "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJ==",
+            "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=x",
+            "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWe!A=",
+        ] {
+            assert!(!AccessKey::has_service_form(bad), "{bad}");
+        }
     }
 
     #[test]

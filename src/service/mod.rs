@@ -8,7 +8,7 @@ mod token;
 
 pub use cache::{Prepared, RequestCache};
 pub use client::*;
-pub use connection_string::{AccessKey, ConnectionString};
+pub use connection_string::{AccessKey, ConnectionString, ACCESS_KEY_CHARS};
 pub use token::{
     client_access, client_token, rest_token, sign_jwt, unix_now, ClientAccess, ClientTokenOptions,
 };

@@ -5,9 +5,15 @@ use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::os::unix::ffi::OsStrExt;
 use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::{free_port, hubhook_command, KillOnDrop};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::{free_port, hubhook_command, poll, KillOnDrop};
 
 /// A key with the form of a real one: it must never be printed.
 const REAL_KEY: &str = "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2FycGw=";
@@ -89,6 +95,38 @@ fn the_connection_string_is_not_a_flag() {
 }
 
 #[test]
+fn access_keys_are_not_a_flag() {
+    let out = run(&["serve", "--access-keys", REAL_KEY], &[]);
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--access-keys"), "{stderr}");
+    assert!(!stderr.contains(REAL_KEY), "{stderr}");
+}
+
+#[test]
+fn a_connection_string_key_without_the_service_form_is_refused_unechoed() {
+    for key in ["1", "sekrit-but-short", &REAL_KEY[..43]] {
+        let cs =
+            format!("Endpoint=https://contoso.webpubsub.azure.com;AccessKey={key};Version=1.0;");
+        for args in [&["serve"][..], &["dev"], &["tunnel"]] {
+            let line = refused(
+                args,
+                &[("WEBPUBSUB_CONNECTION_STRING", s(&cs))],
+                "WEBPUBSUB_CONNECTION_STRING",
+            );
+            assert!(line.contains("AccessKey is not an access key"), "{line}");
+            assert!(
+                !line.contains(&format!("={key}")) && !line.contains(&format!("\"{key}\"")),
+                "{line}"
+            );
+            if key.len() > 1 {
+                assert!(!line.contains(key), "{line}");
+            }
+        }
+    }
+}
+
+#[test]
 fn malformed_connection_strings_never_echo_the_key() {
     let k = REAL_KEY;
     for cs in [
@@ -134,6 +172,23 @@ fn settings_are_refused_with_one_line_naming_the_variable() {
         &["serve"],
         &[("WEBPUBSUB_CONNECTION_STRING_FILE", missing.as_os_str())],
         "WEBPUBSUB_CONNECTION_STRING_FILE",
+    );
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "sekrit\n").unwrap();
+    let line = refused(
+        &["serve"],
+        &[c, ("WEBPUBSUB_ACCESS_KEYS_FILE", keys.as_os_str())],
+        "WEBPUBSUB_ACCESS_KEYS_FILE",
+    );
+    assert!(!line.contains("sekrit"), "{line}");
+    refused(
+        &["serve"],
+        &[
+            c,
+            ("WEBPUBSUB_ACCESS_KEYS", s(REAL_KEY)),
+            ("WEBPUBSUB_ACCESS_KEYS_FILE", keys.as_os_str()),
+        ],
+        "WEBPUBSUB_ACCESS_KEYS_FILE",
     );
     refused(
         &["serve"],
@@ -289,4 +344,161 @@ fn serve_logs_no_key_at_start() {
     child.kill();
     assert!(log.contains("https://contoso.webpubsub.azure.com"), "{log}");
     assert!(!log.contains(REAL_KEY), "{log}");
+}
+
+/// `hubhook dev` (`RUST_LOG` as given, or unset) with one WebSocket client that joins, sends one
+/// message and leaves: what it printed on stdout after its banner, and all of stderr.
+async fn dev_session(rust_log: Option<&str>) -> (Vec<String>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("dev.db").display());
+    let mut c = command(
+        &["dev", "--emulator-port", "0", "--port", "0"],
+        &[("HUBHOOK_STORE", s(&store))],
+    );
+    match rust_log {
+        Some(v) => c.env("RUST_LOG", v),
+        None => c.env_remove("RUST_LOG"),
+    };
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = KillOnDrop(c.spawn().expect("start hubhook dev"));
+    let stdout = child.0.stdout.take().unwrap();
+    let stderr = child.0.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut { stderr }, &mut bytes).ok();
+        String::from_utf8_lossy(&bytes).into_owned()
+    });
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let banner_end = |l: &String| l.starts_with("webhooks (");
+    let up = poll(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        async || lines.lock().unwrap().iter().any(banner_end),
+    )
+    .await;
+    assert!(
+        up,
+        "hubhook dev printed its banner: {:?}",
+        lines.lock().unwrap()
+    );
+    let client_url = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| l.split_once("client access URL   : "))
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .expect("a client access URL")
+        .to_string();
+
+    let mut req = client_url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "json.webpubsub.azure.v1".parse().unwrap(),
+    );
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .expect("the client connects within 10 s")
+    .expect("the client connects");
+    let event = json!({"type": "event", "event": "message", "dataType": "text",
+        "data": "hello", "ackId": 1});
+    ws.send(Message::Text(event.to_string().into()))
+        .await
+        .unwrap();
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("an ack within 10 s");
+        match frame {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "ack" {
+                    assert_eq!(v["success"], true, "{v}");
+                    break;
+                }
+            }
+            Some(Ok(_)) => {}
+            other => panic!("closed before the ack: {other:?}"),
+        }
+    }
+    ws.close(None).await.unwrap();
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
+
+    let events = ["connect", "connected", "message", "disconnected"];
+    let hook_lines = |event: &str| {
+        let lines = lines.lock().unwrap();
+        let prefix = format!("  webhook {event} ");
+        lines.iter().filter(|l| l.starts_with(&prefix)).count()
+    };
+    let all_seen = poll(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        async || events.iter().all(|e| hook_lines(e) > 0),
+    )
+    .await;
+    // A second (structured or repeated) line would come right after the first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    child.kill();
+    let stderr = err_reader.join().unwrap();
+    let lines = lines.lock().unwrap();
+    let after_banner: Vec<String> = lines
+        .iter()
+        .skip_while(|l| !banner_end(l))
+        .skip(1)
+        .cloned()
+        .collect();
+    assert!(
+        all_seen,
+        "a line for each webhook: {after_banner:?}\n{stderr}"
+    );
+    (after_banner, stderr)
+}
+
+/// The one-line-per-webhook printer of `dev` (issue 9): a person at a terminal gets the friendly
+/// line only; `RUST_LOG` still turns the structured log on, on stderr, without colour codes in a
+/// pipe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_prints_one_line_per_webhook_and_rust_log_adds_the_structured_log() {
+    for rust_log in [None, Some("info")] {
+        let (stdout, stderr) = dev_session(rust_log).await;
+        let events = ["connect", "connected", "message", "disconnected"];
+        for event in events {
+            let prefix = format!("  webhook {event} ");
+            let lines: Vec<_> = stdout.iter().filter(|l| l.starts_with(&prefix)).collect();
+            assert_eq!(
+                lines.len(),
+                1,
+                "{rust_log:?}: one {event} line: {stdout:#?}"
+            );
+            assert!(lines[0].contains("-> 200 in"), "{}", lines[0]);
+        }
+        assert_eq!(
+            stdout.len(),
+            events.len(),
+            "{rust_log:?}: nothing but one line per webhook: {stdout:#?}"
+        );
+        assert!(
+            !stderr.contains('\x1b'),
+            "{rust_log:?}: ANSI on a pipe: {stderr}"
+        );
+        let structured = stderr.matches("webhook handled").count();
+        match rust_log {
+            None => {
+                assert_eq!(structured, 0, "no structured log by default: {stderr}");
+                assert!(!stderr.contains(" INFO "), "{stderr}");
+            }
+            Some(_) => assert!(
+                structured >= events.len(),
+                "RUST_LOG=info: a structured line per webhook: {stderr}"
+            ),
+        }
+    }
 }
