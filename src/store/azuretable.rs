@@ -162,14 +162,32 @@ impl fmt::Debug for Account {
     }
 }
 
+/// Why a storage account could not be read from the settings. No variant holds a value from
+/// them: a connection string carries the account key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccountError {
+    #[error("expected Key=Value pairs separated by ';'")]
+    NotKeyValue,
+    #[error("bad development key")]
+    BadDevelopmentKey,
+    #[error("no AccountName")]
+    NoAccountName,
+    #[error("no AccountKey (a SAS connection string is not supported; use a managed identity)")]
+    NoAccountKey,
+    #[error("AccountKey is not base64")]
+    KeyNotBase64,
+    #[error("the table endpoint is not an http(s) URL")]
+    EndpointNotHttp,
+    #[error("IDENTITY_ENDPOINT is not a URL")]
+    IdentityEndpointNotUrl,
+}
+
 impl Account {
     /// Parses a storage connection string (`Key=Value;…`). The error never echoes a value.
-    pub fn from_connection_string(cs: &str) -> Result<Account, String> {
+    pub fn from_connection_string(cs: &str) -> Result<Account, AccountError> {
         let mut kv: HashMap<String, String> = HashMap::new();
         for part in cs.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or("expected Key=Value pairs separated by ';'")?;
+            let (k, v) = part.split_once('=').ok_or(AccountError::NotKeyValue)?;
             kv.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
         }
         if kv
@@ -181,20 +199,18 @@ impl Account {
                 name: DEV_ACCOUNT.into(),
                 key: STANDARD
                     .decode(DEV_KEY)
-                    .map_err(|_| "bad development key")?,
+                    .map_err(|_| AccountError::BadDevelopmentKey)?,
             });
         }
         let name = kv
             .get("accountname")
             .filter(|n| !n.is_empty())
-            .ok_or("no AccountName")?
+            .ok_or(AccountError::NoAccountName)?
             .clone();
-        let key = kv.get("accountkey").ok_or(
-            "no AccountKey (a SAS connection string is not supported; use a managed identity)",
-        )?;
+        let key = kv.get("accountkey").ok_or(AccountError::NoAccountKey)?;
         let key = STANDARD
             .decode(key)
-            .map_err(|_| "AccountKey is not base64")?;
+            .map_err(|_| AccountError::KeyNotBase64)?;
         let endpoint = match kv.get("tableendpoint") {
             Some(e) => e.trim_end_matches('/').to_string(),
             None => {
@@ -220,10 +236,10 @@ impl Account {
         account_url: &str,
         identity_endpoint: &str,
         identity_header: &str,
-    ) -> Result<Account, String> {
+    ) -> Result<Account, AccountError> {
         let endpoint = account_url.trim_end_matches('/').to_string();
         check_endpoint(&endpoint)?;
-        url::Url::parse(identity_endpoint).map_err(|_| "IDENTITY_ENDPOINT is not a URL")?;
+        url::Url::parse(identity_endpoint).map_err(|_| AccountError::IdentityEndpointNotUrl)?;
         Ok(Account::ManagedIdentity {
             endpoint,
             identity_endpoint: identity_endpoint.to_string(),
@@ -250,10 +266,10 @@ impl Account {
     }
 }
 
-fn check_endpoint(e: &str) -> Result<(), String> {
+fn check_endpoint(e: &str) -> Result<(), AccountError> {
     match url::Url::parse(e) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.query().is_none() => Ok(()),
-        _ => Err("the table endpoint is not an http(s) URL".into()),
+        _ => Err(AccountError::EndpointNotHttp),
     }
 }
 
@@ -1529,7 +1545,9 @@ mod tests {
             "AccountName=x;AccountKey=!!",
             "nonsense",
         ] {
-            let e = Account::from_connection_string(bad).unwrap_err();
+            let e = Account::from_connection_string(bad)
+                .unwrap_err()
+                .to_string();
             assert!(!e.contains("!!"), "{e}");
         }
         let mi = Account::managed_identity(
