@@ -605,43 +605,9 @@ impl AzureTableStore {
         let mut token_renewed = false;
         loop {
             attempt += 1;
-            let date = http_date();
-            let content_type = body.as_ref().map_or("", |(ct, _)| *ct);
-            let auth = self
-                .authorization(&method, &url, content_type, &date)
+            let (auth, outcome) = self
+                .send_once(&method, &url, body.as_ref(), headers)
                 .await?;
-            let mut req = self
-                .http
-                .request(method.clone(), url.clone())
-                .timeout(self.attempt_timeout())
-                .header("x-ms-version", API_VERSION)
-                .header("x-ms-date", &date)
-                .header("Date", &date)
-                .header("Accept", ACCEPT)
-                .header("DataServiceVersion", "3.0;NetFx")
-                .header("MaxDataServiceVersion", "3.0;NetFx")
-                .header("Authorization", &auth);
-            for (k, v) in headers {
-                req = req.header(*k, v);
-            }
-            if let Some((ct, b)) = &body {
-                req = req.header("Content-Type", *ct).body(b.clone());
-            }
-            let outcome = match req.send().await {
-                Ok(r) => {
-                    let status = r.status();
-                    let headers = r.headers().clone();
-                    match r.bytes().await {
-                        Ok(body) => Ok(Reply {
-                            status,
-                            headers,
-                            body,
-                        }),
-                        Err(e) => Err(transport(&e)),
-                    }
-                }
-                Err(e) => Err(transport(&e)),
-            };
             // A managed identity's token the table refuses (revoked, or cached past a clock
             // change): fetched anew, once per call.
             if matches!(&outcome, Ok(r) if r.status == StatusCode::UNAUTHORIZED)
@@ -666,6 +632,54 @@ impl AzureTableStore {
             tokio::time::sleep(backoff + jitter).await;
             backoff = (backoff * 2).min(max_backoff);
         }
+    }
+
+    /// One attempt of [`Self::send`]: the `Authorization` it carried, and the answer or why
+    /// none came (a transport failure, which `send` may retry).
+    // The transport failure is text only: `send` puts it into `StoreError::Unavailable`.
+    async fn send_once(
+        &self,
+        method: &Method,
+        url: &url::Url,
+        body: Option<&(&str, Vec<u8>)>,
+        headers: &[(&str, String)],
+    ) -> Result<(String, Result<Reply, String>), StoreError> {
+        let date = http_date();
+        let content_type = body.map_or("", |(ct, _)| *ct);
+        let auth = self.authorization(method, url, content_type, &date).await?;
+        let mut req = self
+            .http
+            .request(method.clone(), url.clone())
+            .timeout(self.attempt_timeout())
+            .header("x-ms-version", API_VERSION)
+            .header("x-ms-date", &date)
+            .header("Date", &date)
+            .header("Accept", ACCEPT)
+            .header("DataServiceVersion", "3.0;NetFx")
+            .header("MaxDataServiceVersion", "3.0;NetFx")
+            .header("Authorization", &auth);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        if let Some((ct, b)) = body {
+            req = req.header("Content-Type", *ct).body(b.clone());
+        }
+        let outcome = match req.send().await {
+            Ok(r) => {
+                let status = r.status();
+                let headers = r.headers().clone();
+                match r.bytes().await {
+                    Ok(body) => Ok(Reply {
+                        status,
+                        headers,
+                        body,
+                    }),
+                    Err(e) => Err(transport(&e)),
+                }
+            }
+            Err(e) => Err(transport(&e)),
+        };
+        Ok((auth, outcome))
     }
 
     fn entity_path(&self, pk: &str, rk: &str) -> String {
