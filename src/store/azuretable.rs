@@ -63,8 +63,9 @@
 //! Table storage has no TTL. With `HUBHOOK_RETENTION_DAYS`, [`MessageStore::purge_expired`]
 //! (run hourly by [`super::spawn_retention`]) walks the `rooms` partition and deletes, room by
 //! room, messages whose event time is older than the cutoff together with their claims (one
-//! `$batch` of up to 100 operations), then notice claims claimed before the cutoff — at most
-//! `limit` entities per call.
+//! `$batch` of up to 100 operations), then notice claims claimed before the cutoff, then presence
+//! entries whose `expiresMs` has passed (SQLite prunes its own on each join; DynamoDB's TTL
+//! expires them) — at most `limit` entities per call.
 //!
 //! # Failures and deadlines
 //!
@@ -385,7 +386,16 @@ fn is_transient(s: StatusCode) -> bool {
 /// One operation of a changeset.
 enum BatchOp {
     Insert(Map<String, Value>),
-    Delete { pk: String, rk: String },
+    Delete {
+        pk: String,
+        rk: String,
+    },
+    /// Deleted only if unchanged since read (`If-Match` its etag): a 412 otherwise.
+    DeleteIfUnchanged {
+        pk: String,
+        rk: String,
+        etag: String,
+    },
 }
 
 /// The first failed operation of a changeset, or success.
@@ -837,6 +847,12 @@ impl AzureTableStore {
                     self.account.endpoint(),
                     self.entity_path(pk, rk)
                 )),
+                BatchOp::DeleteIfUnchanged { pk, rk, etag } => body.push_str(&format!(
+                    "DELETE {}/{} HTTP/1.1\r\nAccept: {ACCEPT}\r\nIf-Match: {etag}\r\n\
+                     DataServiceVersion: 3.0;\r\n\r\n",
+                    self.account.endpoint(),
+                    self.entity_path(pk, rk)
+                )),
             }
         }
         body.push_str(&format!("--{changeset}--\r\n--{batch}--\r\n"));
@@ -1111,6 +1127,61 @@ impl AzureTableStore {
                 ops = rest;
             }
         }
+        let left = limit.saturating_sub(deleted as usize);
+        Ok(deleted + self.purge_presence(now_ms(), left).await?)
+    }
+
+    /// Deletes at most `limit` presence entries that expired before `now_ms` (their
+    /// `disconnected` never came): `presence` already ignores them, and without this they would
+    /// stay in the table for good. One query across the presence partitions, then a changeset
+    /// per partition.
+    async fn purge_presence(&self, now_ms: i64, limit: usize) -> Result<u64, StoreError> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let expired = self
+            .query(
+                &format!(
+                    "PartitionKey ge 'p.' and PartitionKey lt 'p/' and expiresMs lt {now_ms}L"
+                ),
+                limit,
+                // All of an entry (three small properties): a projection may leave out the etag.
+                None,
+            )
+            .await?;
+        // Query results come in key order, so a partition's entries are consecutive.
+        let mut changesets: Vec<Vec<BatchOp>> = Vec::new();
+        let mut partition = String::new();
+        for e in &expired {
+            let pk = text(e, "PartitionKey")?;
+            let op = BatchOp::DeleteIfUnchanged {
+                rk: text(e, "RowKey")?,
+                etag: text(e, "odata.etag")?,
+                pk: pk.clone(),
+            };
+            match changesets.last_mut() {
+                Some(ops) if pk == partition && ops.len() < MAX_BATCH_OPS => ops.push(op),
+                _ => {
+                    partition = pk;
+                    changesets.push(vec![op]);
+                }
+            }
+        }
+        let mut deleted = 0;
+        for ops in changesets {
+            let n = ops.len() as u64;
+            match self.batch("purge", ops).await? {
+                BatchOutcome::Committed => deleted += n,
+                // 404: left meanwhile (its `disconnected`, another instance's purge); 412:
+                // renewed meanwhile (a retried `connected`). The next run sees the rest.
+                BatchOutcome::Rejected {
+                    status: 404 | 412, ..
+                } => {}
+                BatchOutcome::Rejected { status, code } => {
+                    return Err(rejected("purge", status, code))
+                }
+            }
+        }
         Ok(deleted)
     }
 }
@@ -1189,7 +1260,8 @@ fn room_pk(room: &str) -> String {
     format!("r.{}", b64(room))
 }
 
-/// Presence lives in a partition of its own per room: history and purges never meet it.
+/// Presence lives in a partition of its own per room: history and message purges never meet it
+/// (the purge of expired presence entries reads only these partitions).
 fn presence_pk(room: &str) -> String {
     format!("p.{}", b64(room))
 }
