@@ -100,18 +100,15 @@ fn signed_request(port: u16, key: &str) -> Vec<u8> {
         .unwrap_or(0);
     let mut state = ConnectionState::default();
     state.set("room", "lobby");
-    let ctx = EventContext {
-        hub: "chat".into(),
-        connection_id: "bench-cold-conn".into(),
-        user_id: Some("bench-user".into()),
-        event_name: "message".into(),
-        ce_id: format!("cold-{nanos}").into(),
-        ce_time: None,
-        subprotocol: None,
-        state,
-        origin: Some("127.0.0.1".into()),
-        mqtt: None,
-    };
+    let ctx = EventContext::new(
+        "chat",
+        "message",
+        "bench-cold-conn",
+        format!("cold-{nanos}"),
+    )
+    .with_user_id(Some("bench-user"))
+    .with_state(state)
+    .with_origin("127.0.0.1");
     let event = Event::User(UserEvent {
         name: "message".into(),
         data: EventData::Text("hello from a cold start".into()),

@@ -6,7 +6,7 @@ pub mod oidc;
 
 use http::{header, HeaderMap, StatusCode};
 
-pub use oidc::{OidcConfig, OidcVerifier};
+pub use oidc::{OidcConfig, OidcError, OidcVerifier};
 
 /// How the browser-facing routes are guarded (`HUBHOOK_AUTH`).
 pub enum Authenticator {

@@ -107,17 +107,24 @@ pub struct OidcVerifier {
     warned: AtomicBool,
 }
 
+/// Why a verifier could not be built (the process does not start).
+#[derive(Debug, thiserror::Error)]
+pub enum OidcError {
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+}
+
 fn refused(reason: impl Into<String>) -> AuthError {
     AuthError::Refused(reason.into())
 }
 
 impl OidcVerifier {
-    pub fn new(config: OidcConfig) -> Result<Self, String> {
+    pub fn new(config: OidcConfig) -> Result<Self, OidcError> {
         let http = reqwest::Client::builder()
             .connect_timeout(config.fetch_timeout.min(Duration::from_secs(2)))
             .timeout(config.fetch_timeout)
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            .map_err(OidcError::HttpClient)?;
         Ok(OidcVerifier {
             config,
             http,
@@ -243,6 +250,8 @@ impl OidcVerifier {
         }
     }
 
+    // The reason is a `String` because it is kept in the cache and handed to every caller in
+    // `AuthError::KeysUnavailable` until a fetch succeeds; nothing branches on its kind.
     async fn fetch(
         &self,
         jwks_uri: Option<String>,
@@ -276,6 +285,7 @@ impl OidcVerifier {
         Ok((uri, keys))
     }
 
+    // A `String` reason for the same cause as `fetch`, whose `?` passes it on.
     async fn get_json(&self, url: &str) -> Result<Value, String> {
         let what = url.split('?').next().unwrap_or(url);
         let r = self

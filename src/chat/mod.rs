@@ -25,7 +25,7 @@ use crate::store::{now_ms, Broadcast, BroadcastKind, NewMessage, Online, SharedS
 pub use error::{BroadcastError, ChatError, MessageError};
 pub use notice::Notice;
 pub use outbox::{Outbox, OutboxConfig, SweepReport};
-pub use rate::{MessageRate, RateLimiter};
+pub use rate::{MessageRate, RateLimiter, RateParseError};
 pub use room::{room_roles, validate_room, RoomError};
 
 /// The room of a connection that names none, and of history and negotiate calls without `room`.

@@ -19,9 +19,19 @@ pub struct MessageRate {
     pub burst: u32,
 }
 
+/// Why a `HUBHOOK_MESSAGE_RATE` value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RateParseError {
+    /// The value as given (quoted in the message).
+    #[error("{0:?} is not a rate (e.g. 10/s, 600/m, 10/s,burst=30)")]
+    NotARate(String),
+    #[error("count and burst must be 1-1000000")]
+    OutOfRange,
+}
+
 impl MessageRate {
-    pub fn parse(v: &str) -> Result<MessageRate, String> {
-        let bad = || format!("{v:?} is not a rate (e.g. 10/s, 600/m, 10/s,burst=30)");
+    pub fn parse(v: &str) -> Result<MessageRate, RateParseError> {
+        let bad = || RateParseError::NotARate(v.to_string());
         let (rate, burst) = match v.split_once(',') {
             Some((r, b)) => (r.trim(), Some(b.trim())),
             None => (v.trim(), None),
@@ -42,7 +52,7 @@ impl MessageRate {
                 .ok_or_else(bad)?,
         };
         if count == 0 || burst == 0 || count > 1_000_000 || burst > 1_000_000 {
-            return Err("count and burst must be 1-1000000".into());
+            return Err(RateParseError::OutOfRange);
         }
         Ok(MessageRate { count, per, burst })
     }

@@ -218,6 +218,21 @@ impl Tunnels {
 }
 
 impl TunnelConn {
+    /// A binary frame from the client: its answers are matched, anything else is skipped.
+    fn receive(&self, data: &[u8]) {
+        for m in decode_frame(data) {
+            match m {
+                Ok(Message::HttpResponse(r)) => self.answer(r),
+                Ok(other) => {
+                    tracing::debug!(target: "hubhook::emulator", "tunnel: type {} from the client ignored", other.type_id())
+                }
+                Err(e) => {
+                    tracing::info!(target: "hubhook::emulator", "tunnel: malformed frame skipped: {e}")
+                }
+            }
+        }
+    }
+
     /// An `HttpResponse` frame: chunks joined until `NotCompleted` is false.
     fn answer(&self, r: HttpResponse) {
         let mut pending = self.pending.lock().unwrap();
@@ -287,14 +302,7 @@ async fn session(s: Arc<Shared>, info: TunnelInfo, socket: WebSocket) {
     s.tunnels.conns.lock().unwrap().push(conn.clone());
     tracing::info!(target: "hubhook::emulator", hub = %info.hub, id = %info.connection_id, target = ?info.target, "tunnel connected");
     let every = s.tunnels.keepalive;
-    // Without keepalive the timer never fires (a day at a time).
-    let period = if every.is_zero() {
-        Duration::from_secs(86_400)
-    } else {
-        every
-    };
-    let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut keepalive = keepalive_timer(every);
     let mut ticks: u64 = 0;
     let mut heard = tokio::time::Instant::now();
     loop {
@@ -305,20 +313,7 @@ async fn session(s: Arc<Shared>, info: TunnelInfo, socket: WebSocket) {
                     break;
                 }
                 ticks += 1;
-                let mut out = vec![WsMessage::Ping(Bytes::from_static(b"hubhook"))];
-                if ticks % 2 == 0 {
-                    let m = Message::ServiceStatus { message: "keepalive".into() };
-                    out.push(WsMessage::Binary(m.encode().into()));
-                }
-                // A peer that stopped reading long ago may not take even a ping: bounded.
-                let sent = tokio::time::timeout(every * SILENT_INTERVALS, async {
-                    for m in out {
-                        sink.send(m).await?;
-                    }
-                    Ok::<(), axum::Error>(())
-                })
-                .await;
-                if !matches!(sent, Ok(Ok(()))) {
+                if !send_keepalive(&mut sink, every, ticks).await {
                     break;
                 }
             }
@@ -333,13 +328,7 @@ async fn session(s: Arc<Shared>, info: TunnelInfo, socket: WebSocket) {
             inbound = stream.next() => match inbound {
                 Some(Ok(WsMessage::Binary(data))) => {
                     heard = tokio::time::Instant::now();
-                    for m in decode_frame(&data) {
-                        match m {
-                            Ok(Message::HttpResponse(r)) => conn.answer(r),
-                            Ok(other) => tracing::debug!(target: "hubhook::emulator", "tunnel: type {} from the client ignored", other.type_id()),
-                            Err(e) => tracing::info!(target: "hubhook::emulator", "tunnel: malformed frame skipped: {e}"),
-                        }
-                    }
+                    conn.receive(&data);
                 }
                 Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break,
                 // Pongs (and the client's own pings, answered by axum): it is alive.
@@ -352,4 +341,42 @@ async fn session(s: Arc<Shared>, info: TunnelInfo, socket: WebSocket) {
     conn.pending.lock().unwrap().clear();
     let _ = sink.close().await;
     tracing::info!(target: "hubhook::emulator", id = %info.connection_id, "tunnel disconnected");
+}
+
+/// Ticks every `every`, the first one `every` from now.
+fn keepalive_timer(every: Duration) -> tokio::time::Interval {
+    // Without keepalive the timer never fires (a day at a time).
+    let period = if every.is_zero() {
+        Duration::from_secs(86_400)
+    } else {
+        every
+    };
+    let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    keepalive
+}
+
+/// The `ticks`-th keepalive: a ping, and a `ServiceStatus` every second time. `false`: the
+/// socket did not take them in time.
+async fn send_keepalive(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, WsMessage>,
+    every: Duration,
+    ticks: u64,
+) -> bool {
+    let mut out = vec![WsMessage::Ping(Bytes::from_static(b"hubhook"))];
+    if ticks % 2 == 0 {
+        let m = Message::ServiceStatus {
+            message: "keepalive".into(),
+        };
+        out.push(WsMessage::Binary(m.encode().into()));
+    }
+    // A peer that stopped reading long ago may not take even a ping: bounded.
+    let sent = tokio::time::timeout(every * SILENT_INTERVALS, async {
+        for m in out {
+            sink.send(m).await?;
+        }
+        Ok::<(), axum::Error>(())
+    })
+    .await;
+    matches!(sent, Ok(Ok(())))
 }

@@ -252,31 +252,9 @@ impl Upstream {
         let mut attempt = 1;
         loop {
             let started = Instant::now();
-            let mut response = None;
-            let result = self
-                .exchange(
-                    &ctx.hub,
-                    reqwest::Method::POST,
-                    &url,
-                    headers.clone(),
-                    body.clone(),
-                )
-                .await
-                .map(|(status, h, body)| {
-                    if request.is_some() {
-                        response = Some(WebhookResponse {
-                            headers: h.clone(),
-                            body: body.clone(),
-                        });
-                    }
-                    let h = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(String::from);
-                    UpstreamReply {
-                        status,
-                        content_type: h("content-type"),
-                        state: h("ce-connectionstate"),
-                        body,
-                    }
-                });
+            let (result, response) = self
+                .post(&ctx.hub, &url, &headers, &body, request.is_some())
+                .await;
             let status = result.as_ref().ok().map(|r| r.status.as_u16());
             let error = result.as_ref().err().map(|e| e.to_string());
             self.observe(
@@ -295,6 +273,47 @@ impl Upstream {
             tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
             attempt += 1;
         }
+    }
+
+    /// One `POST` of the webhook; the upstream's answer in full too when `keep` (for the
+    /// observer).
+    async fn post(
+        &self,
+        hub: &str,
+        url: &str,
+        headers: &HeaderMap,
+        body: &Bytes,
+        keep: bool,
+    ) -> (
+        Result<UpstreamReply, UpstreamError>,
+        Option<WebhookResponse>,
+    ) {
+        let mut response = None;
+        let result = self
+            .exchange(
+                hub,
+                reqwest::Method::POST,
+                url,
+                headers.clone(),
+                body.clone(),
+            )
+            .await
+            .map(|(status, h, body)| {
+                if keep {
+                    response = Some(WebhookResponse {
+                        headers: h.clone(),
+                        body: body.clone(),
+                    });
+                }
+                let h = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(String::from);
+                UpstreamReply {
+                    status,
+                    content_type: h("content-type"),
+                    state: h("ce-connectionstate"),
+                    body,
+                }
+            });
+        (result, response)
     }
 
     #[allow(clippy::too_many_arguments)]

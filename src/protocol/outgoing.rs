@@ -19,6 +19,51 @@ pub fn build_webhook(
     event: &Event,
     keys: &[&str],
 ) -> Result<(HeaderMap, Bytes), ProtocolError> {
+    let user_id = checked_user_id(ctx)?;
+    let (ce_type, content_type, body) = type_and_body(event);
+    let mut h = HeaderMap::new();
+    put(&mut h, "content-type", content_type)?;
+    put(&mut h, "ce-specversion", "1.0")?;
+    put(&mut h, "ce-awpsversion", "1.0")?;
+    put(&mut h, "ce-type", &ce_type)?;
+    put(
+        &mut h,
+        "ce-source",
+        &format!("/hubs/{}/client/{}", ctx.hub, ctx.connection_id),
+    )?;
+    put(&mut h, "ce-id", &ctx.ce_id)?;
+    let time = ctx
+        .ce_time
+        .as_deref()
+        .map_or_else(now_rfc3339, String::from);
+    put(&mut h, "ce-time", &time)?;
+    if !keys.is_empty() {
+        put(
+            &mut h,
+            "ce-signature",
+            &sign(keys.iter().copied(), &ctx.connection_id),
+        )?;
+    }
+    if let Some(u) = user_id {
+        put(&mut h, "ce-userid", u)?;
+    }
+    put(&mut h, "ce-connectionid", &ctx.connection_id)?;
+    put(&mut h, "ce-hub", &ctx.hub)?;
+    put(&mut h, "ce-eventname", &ctx.event_name)?;
+    if let Some(p) = &ctx.subprotocol {
+        put(&mut h, "ce-subprotocol", p)?;
+    }
+    if !ctx.state.is_empty() {
+        put(&mut h, "ce-connectionstate", &ctx.state.encode())?;
+    }
+    if let Some(o) = &ctx.origin {
+        put(&mut h, "webhook-request-origin", o)?;
+    }
+    Ok((h, body))
+}
+
+/// The context's ids and time checked as the parser checks them; the user id to send, if any.
+fn checked_user_id(ctx: &EventContext) -> Result<Option<&str>, ProtocolError> {
     let check = |name: &'static str, r: Result<(), IdError>| {
         r.map_err(|e| ProtocolError::InvalidHeader {
             name,
@@ -38,18 +83,12 @@ pub fn build_webhook(
     if let Some(t) = &ctx.ce_time {
         check("ce-time", parse_event_time(t).map(drop))?;
     }
-    let mut h = HeaderMap::new();
-    let mut put = |name: &'static str, value: &str| -> Result<(), ProtocolError> {
-        let v = HeaderValue::from_bytes(value.as_bytes()).map_err(|_| {
-            ProtocolError::InvalidHeader {
-                name,
-                reason: "cannot be sent as a header".into(),
-            }
-        })?;
-        h.append(HeaderName::from_static(name), v);
-        Ok(())
-    };
-    let (ce_type, content_type, body): (String, &str, Bytes) = match event {
+    Ok(user_id)
+}
+
+/// The event's `ce-type`, `content-type` and body.
+fn type_and_body(event: &Event) -> (String, &'static str, Bytes) {
+    match event {
         Event::Connect(req) => (
             format!("{TYPE_PREFIX_SYS}connect"),
             "application/json; charset=utf-8",
@@ -78,43 +117,17 @@ pub fn build_webhook(
             };
             (format!("{TYPE_PREFIX_USER}{}", u.name), ct, body)
         }
-    };
-    put("content-type", content_type)?;
-    put("ce-specversion", "1.0")?;
-    put("ce-awpsversion", "1.0")?;
-    put("ce-type", &ce_type)?;
-    put(
-        "ce-source",
-        &format!("/hubs/{}/client/{}", ctx.hub, ctx.connection_id),
-    )?;
-    put("ce-id", &ctx.ce_id)?;
-    let time = ctx
-        .ce_time
-        .as_deref()
-        .map_or_else(now_rfc3339, String::from);
-    put("ce-time", &time)?;
-    if !keys.is_empty() {
-        put(
-            "ce-signature",
-            &sign(keys.iter().copied(), &ctx.connection_id),
-        )?;
     }
-    if let Some(u) = user_id {
-        put("ce-userid", u)?;
-    }
-    put("ce-connectionid", &ctx.connection_id)?;
-    put("ce-hub", &ctx.hub)?;
-    put("ce-eventname", &ctx.event_name)?;
-    if let Some(p) = &ctx.subprotocol {
-        put("ce-subprotocol", p)?;
-    }
-    if !ctx.state.is_empty() {
-        put("ce-connectionstate", &ctx.state.encode())?;
-    }
-    if let Some(o) = &ctx.origin {
-        put("webhook-request-origin", o)?;
-    }
-    Ok((h, body))
+}
+
+fn put(h: &mut HeaderMap, name: &'static str, value: &str) -> Result<(), ProtocolError> {
+    let v =
+        HeaderValue::from_bytes(value.as_bytes()).map_err(|_| ProtocolError::InvalidHeader {
+            name,
+            reason: "cannot be sent as a header".into(),
+        })?;
+    h.append(HeaderName::from_static(name), v);
+    Ok(())
 }
 
 pub fn now_rfc3339() -> String {

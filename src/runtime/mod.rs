@@ -16,7 +16,7 @@ use std::sync::Arc;
 use axum::Router;
 use tokio::net::TcpListener;
 
-use crate::auth::{Authenticator, OidcVerifier};
+use crate::auth::{Authenticator, OidcError, OidcVerifier};
 use crate::chat::Chat;
 use crate::config::{
     AuthMode, Command, Config, ConfigError, Defaults, LogFormat, Platform, ServeArgs,
@@ -48,7 +48,7 @@ pub enum RuntimeError {
     #[error(transparent)]
     Emulator(#[from] EmulatorError),
     #[error("HUBHOOK_AUTH: {0}")]
-    Auth(String),
+    Auth(#[from] OidcError),
     #[error("tunnel: {0}")]
     Tunnel(crate::tunnel::TunnelError),
     #[error("lambda runtime: {0}")]
@@ -147,9 +147,7 @@ pub fn build_router_with_store(
             Authenticator::Open
         }
         AuthMode::Off => Authenticator::Off,
-        AuthMode::Oidc(c) => Authenticator::Oidc(Box::new(
-            OidcVerifier::new(c.clone()).map_err(RuntimeError::Auth)?,
-        )),
+        AuthMode::Oidc(c) => Authenticator::Oidc(Box::new(OidcVerifier::new(c.clone())?)),
     };
     if let Some(days) = config.store_options.retention_days {
         crate::store::spawn_retention(store.clone(), days);

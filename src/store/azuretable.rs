@@ -63,8 +63,9 @@
 //! Table storage has no TTL. With `HUBHOOK_RETENTION_DAYS`, [`MessageStore::purge_expired`]
 //! (run hourly by [`super::spawn_retention`]) walks the `rooms` partition and deletes, room by
 //! room, messages whose event time is older than the cutoff together with their claims (one
-//! `$batch` of up to 100 operations), then notice claims claimed before the cutoff — at most
-//! `limit` entities per call.
+//! `$batch` of up to 100 operations), then notice claims claimed before the cutoff, then presence
+//! entries whose `expiresMs` has passed (SQLite prunes its own on each join; DynamoDB's TTL
+//! expires them) — at most `limit` entities per call.
 //!
 //! # Failures and deadlines
 //!
@@ -162,14 +163,32 @@ impl fmt::Debug for Account {
     }
 }
 
+/// Why a storage account could not be read from the settings. No variant holds a value from
+/// them: a connection string carries the account key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccountError {
+    #[error("expected Key=Value pairs separated by ';'")]
+    NotKeyValue,
+    #[error("bad development key")]
+    BadDevelopmentKey,
+    #[error("no AccountName")]
+    NoAccountName,
+    #[error("no AccountKey (a SAS connection string is not supported; use a managed identity)")]
+    NoAccountKey,
+    #[error("AccountKey is not base64")]
+    KeyNotBase64,
+    #[error("the table endpoint is not an http(s) URL")]
+    EndpointNotHttp,
+    #[error("IDENTITY_ENDPOINT is not a URL")]
+    IdentityEndpointNotUrl,
+}
+
 impl Account {
     /// Parses a storage connection string (`Key=Value;…`). The error never echoes a value.
-    pub fn from_connection_string(cs: &str) -> Result<Account, String> {
+    pub fn from_connection_string(cs: &str) -> Result<Account, AccountError> {
         let mut kv: HashMap<String, String> = HashMap::new();
         for part in cs.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or("expected Key=Value pairs separated by ';'")?;
+            let (k, v) = part.split_once('=').ok_or(AccountError::NotKeyValue)?;
             kv.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
         }
         if kv
@@ -181,20 +200,18 @@ impl Account {
                 name: DEV_ACCOUNT.into(),
                 key: STANDARD
                     .decode(DEV_KEY)
-                    .map_err(|_| "bad development key")?,
+                    .map_err(|_| AccountError::BadDevelopmentKey)?,
             });
         }
         let name = kv
             .get("accountname")
             .filter(|n| !n.is_empty())
-            .ok_or("no AccountName")?
+            .ok_or(AccountError::NoAccountName)?
             .clone();
-        let key = kv.get("accountkey").ok_or(
-            "no AccountKey (a SAS connection string is not supported; use a managed identity)",
-        )?;
+        let key = kv.get("accountkey").ok_or(AccountError::NoAccountKey)?;
         let key = STANDARD
             .decode(key)
-            .map_err(|_| "AccountKey is not base64")?;
+            .map_err(|_| AccountError::KeyNotBase64)?;
         let endpoint = match kv.get("tableendpoint") {
             Some(e) => e.trim_end_matches('/').to_string(),
             None => {
@@ -220,10 +237,10 @@ impl Account {
         account_url: &str,
         identity_endpoint: &str,
         identity_header: &str,
-    ) -> Result<Account, String> {
+    ) -> Result<Account, AccountError> {
         let endpoint = account_url.trim_end_matches('/').to_string();
         check_endpoint(&endpoint)?;
-        url::Url::parse(identity_endpoint).map_err(|_| "IDENTITY_ENDPOINT is not a URL")?;
+        url::Url::parse(identity_endpoint).map_err(|_| AccountError::IdentityEndpointNotUrl)?;
         Ok(Account::ManagedIdentity {
             endpoint,
             identity_endpoint: identity_endpoint.to_string(),
@@ -250,10 +267,10 @@ impl Account {
     }
 }
 
-fn check_endpoint(e: &str) -> Result<(), String> {
+fn check_endpoint(e: &str) -> Result<(), AccountError> {
     match url::Url::parse(e) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.query().is_none() => Ok(()),
-        _ => Err("the table endpoint is not an http(s) URL".into()),
+        _ => Err(AccountError::EndpointNotHttp),
     }
 }
 
@@ -369,7 +386,16 @@ fn is_transient(s: StatusCode) -> bool {
 /// One operation of a changeset.
 enum BatchOp {
     Insert(Map<String, Value>),
-    Delete { pk: String, rk: String },
+    Delete {
+        pk: String,
+        rk: String,
+    },
+    /// Deleted only if unchanged since read (`If-Match` its etag): a 412 otherwise.
+    DeleteIfUnchanged {
+        pk: String,
+        rk: String,
+        etag: String,
+    },
 }
 
 /// The first failed operation of a changeset, or success.
@@ -589,43 +615,9 @@ impl AzureTableStore {
         let mut token_renewed = false;
         loop {
             attempt += 1;
-            let date = http_date();
-            let content_type = body.as_ref().map_or("", |(ct, _)| *ct);
-            let auth = self
-                .authorization(&method, &url, content_type, &date)
+            let (auth, outcome) = self
+                .send_once(&method, &url, body.as_ref(), headers)
                 .await?;
-            let mut req = self
-                .http
-                .request(method.clone(), url.clone())
-                .timeout(self.attempt_timeout())
-                .header("x-ms-version", API_VERSION)
-                .header("x-ms-date", &date)
-                .header("Date", &date)
-                .header("Accept", ACCEPT)
-                .header("DataServiceVersion", "3.0;NetFx")
-                .header("MaxDataServiceVersion", "3.0;NetFx")
-                .header("Authorization", &auth);
-            for (k, v) in headers {
-                req = req.header(*k, v);
-            }
-            if let Some((ct, b)) = &body {
-                req = req.header("Content-Type", *ct).body(b.clone());
-            }
-            let outcome = match req.send().await {
-                Ok(r) => {
-                    let status = r.status();
-                    let headers = r.headers().clone();
-                    match r.bytes().await {
-                        Ok(body) => Ok(Reply {
-                            status,
-                            headers,
-                            body,
-                        }),
-                        Err(e) => Err(transport(&e)),
-                    }
-                }
-                Err(e) => Err(transport(&e)),
-            };
             // A managed identity's token the table refuses (revoked, or cached past a clock
             // change): fetched anew, once per call.
             if matches!(&outcome, Ok(r) if r.status == StatusCode::UNAUTHORIZED)
@@ -650,6 +642,54 @@ impl AzureTableStore {
             tokio::time::sleep(backoff + jitter).await;
             backoff = (backoff * 2).min(max_backoff);
         }
+    }
+
+    /// One attempt of [`Self::send`]: the `Authorization` it carried, and the answer or why
+    /// none came (a transport failure, which `send` may retry).
+    // The transport failure is text only: `send` puts it into `StoreError::Unavailable`.
+    async fn send_once(
+        &self,
+        method: &Method,
+        url: &url::Url,
+        body: Option<&(&str, Vec<u8>)>,
+        headers: &[(&str, String)],
+    ) -> Result<(String, Result<Reply, String>), StoreError> {
+        let date = http_date();
+        let content_type = body.map_or("", |(ct, _)| *ct);
+        let auth = self.authorization(method, url, content_type, &date).await?;
+        let mut req = self
+            .http
+            .request(method.clone(), url.clone())
+            .timeout(self.attempt_timeout())
+            .header("x-ms-version", API_VERSION)
+            .header("x-ms-date", &date)
+            .header("Date", &date)
+            .header("Accept", ACCEPT)
+            .header("DataServiceVersion", "3.0;NetFx")
+            .header("MaxDataServiceVersion", "3.0;NetFx")
+            .header("Authorization", &auth);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        if let Some((ct, b)) = body {
+            req = req.header("Content-Type", *ct).body(b.clone());
+        }
+        let outcome = match req.send().await {
+            Ok(r) => {
+                let status = r.status();
+                let headers = r.headers().clone();
+                match r.bytes().await {
+                    Ok(body) => Ok(Reply {
+                        status,
+                        headers,
+                        body,
+                    }),
+                    Err(e) => Err(transport(&e)),
+                }
+            }
+            Err(e) => Err(transport(&e)),
+        };
+        Ok((auth, outcome))
     }
 
     fn entity_path(&self, pk: &str, rk: &str) -> String {
@@ -803,6 +843,12 @@ impl AzureTableStore {
                 )),
                 BatchOp::Delete { pk, rk } => body.push_str(&format!(
                     "DELETE {}/{} HTTP/1.1\r\nAccept: {ACCEPT}\r\nIf-Match: *\r\n\
+                     DataServiceVersion: 3.0;\r\n\r\n",
+                    self.account.endpoint(),
+                    self.entity_path(pk, rk)
+                )),
+                BatchOp::DeleteIfUnchanged { pk, rk, etag } => body.push_str(&format!(
+                    "DELETE {}/{} HTTP/1.1\r\nAccept: {ACCEPT}\r\nIf-Match: {etag}\r\n\
                      DataServiceVersion: 3.0;\r\n\r\n",
                     self.account.endpoint(),
                     self.entity_path(pk, rk)
@@ -1081,6 +1127,61 @@ impl AzureTableStore {
                 ops = rest;
             }
         }
+        let left = limit.saturating_sub(deleted as usize);
+        Ok(deleted + self.purge_presence(now_ms(), left).await?)
+    }
+
+    /// Deletes at most `limit` presence entries that expired before `now_ms` (their
+    /// `disconnected` never came): `presence` already ignores them, and without this they would
+    /// stay in the table for good. One query across the presence partitions, then a changeset
+    /// per partition.
+    async fn purge_presence(&self, now_ms: i64, limit: usize) -> Result<u64, StoreError> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let expired = self
+            .query(
+                &format!(
+                    "PartitionKey ge 'p.' and PartitionKey lt 'p/' and expiresMs lt {now_ms}L"
+                ),
+                limit,
+                // All of an entry (three small properties): a projection may leave out the etag.
+                None,
+            )
+            .await?;
+        // Query results come in key order, so a partition's entries are consecutive.
+        let mut changesets: Vec<Vec<BatchOp>> = Vec::new();
+        let mut partition = String::new();
+        for e in &expired {
+            let pk = text(e, "PartitionKey")?;
+            let op = BatchOp::DeleteIfUnchanged {
+                rk: text(e, "RowKey")?,
+                etag: text(e, "odata.etag")?,
+                pk: pk.clone(),
+            };
+            match changesets.last_mut() {
+                Some(ops) if pk == partition && ops.len() < MAX_BATCH_OPS => ops.push(op),
+                _ => {
+                    partition = pk;
+                    changesets.push(vec![op]);
+                }
+            }
+        }
+        let mut deleted = 0;
+        for ops in changesets {
+            let n = ops.len() as u64;
+            match self.batch("purge", ops).await? {
+                BatchOutcome::Committed => deleted += n,
+                // 404: left meanwhile (its `disconnected`, another instance's purge); 412:
+                // renewed meanwhile (a retried `connected`). The next run sees the rest.
+                BatchOutcome::Rejected {
+                    status: 404 | 412, ..
+                } => {}
+                BatchOutcome::Rejected { status, code } => {
+                    return Err(rejected("purge", status, code))
+                }
+            }
+        }
         Ok(deleted)
     }
 }
@@ -1159,7 +1260,8 @@ fn room_pk(room: &str) -> String {
     format!("r.{}", b64(room))
 }
 
-/// Presence lives in a partition of its own per room: history and purges never meet it.
+/// Presence lives in a partition of its own per room: history and message purges never meet it
+/// (the purge of expired presence entries reads only these partitions).
 fn presence_pk(room: &str) -> String {
     format!("p.{}", b64(room))
 }
@@ -1529,7 +1631,9 @@ mod tests {
             "AccountName=x;AccountKey=!!",
             "nonsense",
         ] {
-            let e = Account::from_connection_string(bad).unwrap_err();
+            let e = Account::from_connection_string(bad)
+                .unwrap_err()
+                .to_string();
             assert!(!e.contains("!!"), "{e}");
         }
         let mi = Account::managed_identity(

@@ -144,34 +144,9 @@ async fn slot(
     loop {
         let (ws, connected) = match socket.take() {
             Some(s) => s,
-            None => match connect_told(&shared, &dial).await {
-                Ok((ws, c)) => {
-                    println!(
-                        "hubhook tunnel: connected to {} (connection {})",
-                        describe(&dial),
-                        c.connection_id
-                    );
-                    shared.tell(|| TunnelEvent::Connected {
-                        connection_id: c.connection_id.clone(),
-                        endpoint: describe(&dial),
-                    });
-                    failures = 0;
-                    (ws, c)
-                }
-                Err(e) => {
-                    let wait = backoff(failures);
-                    failures = failures.saturating_add(1);
-                    println!(
-                        "hubhook tunnel: reconnect failed: {e}; retrying in {:.0} s",
-                        wait.as_secs_f64().max(1.0)
-                    );
-                    shared.tell(|| TunnelEvent::RetryFailed {
-                        error: e.to_string(),
-                        retry_in: wait.max(Duration::from_secs(1)),
-                    });
-                    tokio::time::sleep(wait.max(Duration::from_secs(1))).await;
-                    continue;
-                }
+            None => match reconnect(&shared, &dial, &mut failures).await {
+                Some(s) => s,
+                None => continue,
             },
         };
         match serve(&shared, ws, &spawn).await {
@@ -215,6 +190,44 @@ async fn slot(
                 });
                 return message;
             }
+        }
+    }
+}
+
+/// One reconnect attempt, told to the terminal and the observer. `None`: it failed, and the
+/// back-off has been waited.
+async fn reconnect(
+    shared: &Shared,
+    dial: &Dial,
+    failures: &mut u32,
+) -> Option<(Socket, Connected)> {
+    match connect_told(shared, dial).await {
+        Ok((ws, c)) => {
+            println!(
+                "hubhook tunnel: connected to {} (connection {})",
+                describe(dial),
+                c.connection_id
+            );
+            shared.tell(|| TunnelEvent::Connected {
+                connection_id: c.connection_id.clone(),
+                endpoint: describe(dial),
+            });
+            *failures = 0;
+            Some((ws, c))
+        }
+        Err(e) => {
+            let wait = backoff(*failures);
+            *failures = failures.saturating_add(1);
+            println!(
+                "hubhook tunnel: reconnect failed: {e}; retrying in {:.0} s",
+                wait.as_secs_f64().max(1.0)
+            );
+            shared.tell(|| TunnelEvent::RetryFailed {
+                error: e.to_string(),
+                retry_in: wait.max(Duration::from_secs(1)),
+            });
+            tokio::time::sleep(wait.max(Duration::from_secs(1))).await;
+            None
         }
     }
 }
@@ -349,22 +362,9 @@ enum End {
 /// Reads frames until the connection ends; each `HttpRequest` is forwarded on its own task and
 /// answered on this connection.
 async fn serve(shared: &Arc<Shared>, ws: Socket, spawn: &mpsc::UnboundedSender<Dial>) -> End {
-    let (mut sink, mut stream) = ws.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<WsMessage>();
-    let writer = tokio::spawn(async move {
-        let mut ping = tokio::time::interval(PING_EVERY);
-        ping.tick().await;
-        loop {
-            let msg = tokio::select! {
-                m = rx.recv() => match m { Some(m) => m, None => break },
-                _ = ping.tick() => WsMessage::Ping(Default::default()),
-            };
-            if sink.send(msg).await.is_err() {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    });
+    let (sink, mut stream) = ws.split();
+    let (tx, rx) = mpsc::unbounded_channel::<WsMessage>();
+    let writer = tokio::spawn(write(sink, rx));
     let end = loop {
         let next = match tokio::time::timeout(IDLE, stream.next()).await {
             Ok(n) => n,
@@ -388,52 +388,8 @@ async fn serve(shared: &Arc<Shared>, ws: Socket, spawn: &mpsc::UnboundedSender<D
         };
         let mut end = None;
         for m in decode_frame(&data) {
-            match m {
-                Ok(Message::HttpRequest(req)) => {
-                    let (s, tx) = (shared.clone(), tx.clone());
-                    tokio::spawn(async move {
-                        let c = &s.config;
-                        let (resp, forwarded) =
-                            forward_in_full(&s.http, &c.upstream, c.upstream_timeout, req).await;
-                        println!("  {}", forwarded.log);
-                        // Before the answer goes: whatever the answer sets off (a `connected`
-                        // after this `connect`) is recorded after it. Recording is quick.
-                        s.tell(|| TunnelEvent::Forwarded(Arc::new(forwarded)));
-                        let _ = tx.send(WsMessage::Binary(
-                            Message::HttpResponse(resp).encode().into(),
-                        ));
-                    });
-                }
-                Ok(Message::ServiceStatus { message }) => {
-                    tracing::info!("tunnel: service status: {message}")
-                }
-                Ok(Message::ConnectionRebalance(r)) => {
-                    let dial = Dial {
-                        endpoint: r.endpoint.clone(),
-                        target: (!r.target_id.is_empty()).then(|| r.target_id.clone()),
-                    };
-                    println!(
-                        "hubhook tunnel: service asked for another connection to {}{}",
-                        describe(&dial),
-                        reason(&r.message)
-                    );
-                    shared.tell(|| TunnelEvent::Added {
-                        endpoint: describe(&dial),
-                    });
-                    let _ = spawn.send(dial);
-                }
-                Ok(Message::ConnectionReconnect(r)) => end = Some(End::Reconnect(r)),
-                Ok(Message::ConnectionClose { message }) => end = Some(End::Close(message)),
-                Ok(Message::ConnectionConnected(c)) => {
-                    tracing::info!("tunnel: repeated ConnectionConnected {}", c.connection_id)
-                }
-                Ok(Message::HttpResponse(r)) => tracing::warn!(
-                    "tunnel: HttpResponse {} from the service skipped (no request sent)",
-                    r.ack_id
-                ),
-                Err(e) => {
-                    println!("hubhook tunnel: malformed frame skipped: {e}")
-                }
+            if let Some(e) = on_message(shared, m, &tx, spawn) {
+                end = Some(e);
             }
         }
         if let Some(end) = end {
@@ -444,6 +400,83 @@ async fn serve(shared: &Arc<Shared>, ws: Socket, spawn: &mpsc::UnboundedSender<D
     // Answers still in flight are lost with the connection; the writer closes the socket.
     let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
     end
+}
+
+/// Sends what the reader queues, and a ping every [`PING_EVERY`]; closes the socket when the
+/// reader lets go of its sender.
+async fn write(
+    mut sink: futures_util::stream::SplitSink<Socket, WsMessage>,
+    mut rx: mpsc::UnboundedReceiver<WsMessage>,
+) {
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    loop {
+        let msg = tokio::select! {
+            m = rx.recv() => match m { Some(m) => m, None => break },
+            _ = ping.tick() => WsMessage::Ping(Default::default()),
+        };
+        if sink.send(msg).await.is_err() {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+/// One message from the service; `Some` when it ends this connection.
+fn on_message(
+    shared: &Arc<Shared>,
+    m: Result<Message, super::frame::FrameError>,
+    tx: &mpsc::UnboundedSender<WsMessage>,
+    spawn: &mpsc::UnboundedSender<Dial>,
+) -> Option<End> {
+    match m {
+        Ok(Message::HttpRequest(req)) => {
+            let (s, tx) = (shared.clone(), tx.clone());
+            tokio::spawn(async move {
+                let c = &s.config;
+                let (resp, forwarded) =
+                    forward_in_full(&s.http, &c.upstream, c.upstream_timeout, req).await;
+                println!("  {}", forwarded.log);
+                // Before the answer goes: whatever the answer sets off (a `connected`
+                // after this `connect`) is recorded after it. Recording is quick.
+                s.tell(|| TunnelEvent::Forwarded(Arc::new(forwarded)));
+                let _ = tx.send(WsMessage::Binary(
+                    Message::HttpResponse(resp).encode().into(),
+                ));
+            });
+        }
+        Ok(Message::ServiceStatus { message }) => {
+            tracing::info!("tunnel: service status: {message}")
+        }
+        Ok(Message::ConnectionRebalance(r)) => {
+            let dial = Dial {
+                endpoint: r.endpoint.clone(),
+                target: (!r.target_id.is_empty()).then(|| r.target_id.clone()),
+            };
+            println!(
+                "hubhook tunnel: service asked for another connection to {}{}",
+                describe(&dial),
+                reason(&r.message)
+            );
+            shared.tell(|| TunnelEvent::Added {
+                endpoint: describe(&dial),
+            });
+            let _ = spawn.send(dial);
+        }
+        Ok(Message::ConnectionReconnect(r)) => return Some(End::Reconnect(r)),
+        Ok(Message::ConnectionClose { message }) => return Some(End::Close(message)),
+        Ok(Message::ConnectionConnected(c)) => {
+            tracing::info!("tunnel: repeated ConnectionConnected {}", c.connection_id)
+        }
+        Ok(Message::HttpResponse(r)) => tracing::warn!(
+            "tunnel: HttpResponse {} from the service skipped (no request sent)",
+            r.ack_id
+        ),
+        Err(e) => {
+            println!("hubhook tunnel: malformed frame skipped: {e}")
+        }
+    }
+    None
 }
 
 #[cfg(test)]

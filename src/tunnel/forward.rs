@@ -88,9 +88,14 @@ fn forwarded_headers(h: &Headers) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A request whose `Url` is neither absolute nor a path (answered 400).
+#[derive(Debug, thiserror::Error)]
+#[error("the request URL {0:?} does not parse")]
+struct BadRequestUrl(String);
+
 /// The upstream URL for a request's `Url`: the upstream's path + the request's path, the
 /// upstream's query then the request's. A `Url` that is not absolute is taken as a path.
-pub fn upstream_url(upstream: &url::Url, request_url: &str) -> Result<url::Url, String> {
+fn upstream_url(upstream: &url::Url, request_url: &str) -> Result<url::Url, BadRequestUrl> {
     let (path, query) = match url::Url::parse(request_url) {
         Ok(u) => (u.path().to_string(), u.query().map(String::from)),
         Err(_) if request_url.starts_with('/') => {
@@ -99,7 +104,7 @@ pub fn upstream_url(upstream: &url::Url, request_url: &str) -> Result<url::Url, 
                 .map_or((request_url, None), |(p, q)| (p, Some(q.to_string())));
             (p.to_string(), q)
         }
-        Err(_) => return Err(format!("the request URL {request_url:?} does not parse")),
+        Err(_) => return Err(BadRequestUrl(request_url.to_string())),
     };
     let mut u = upstream.clone();
     let base = upstream.path().trim_end_matches('/');
@@ -196,7 +201,7 @@ async fn call(
     req: &HttpRequest,
     path: &mut String,
 ) -> Result<(u16, Headers, Bytes), (u16, String)> {
-    let url = upstream_url(upstream, &req.url).map_err(|e| (400, e))?;
+    let url = upstream_url(upstream, &req.url).map_err(|e| (400, e.to_string()))?;
     path.push_str(url.path());
     let method = reqwest::Method::from_bytes(req.http_method.as_bytes())
         .map_err(|_| (400, format!("invalid method {:?}", req.http_method)))?;

@@ -308,6 +308,7 @@ fn kind(v: &Value) -> &'static str {
 
 /// A `str`, `bin` or `nil` (`None`) at the front of `p`, its length checked against what is
 /// left before anything is taken. `str_first` only words the error.
+// The error is a bare detail: the caller wraps it in the `FrameError` of the part it was reading.
 fn read_bytes<'a>(p: &mut &'a [u8], str_first: bool) -> Result<Option<&'a [u8]>, String> {
     use rmp::Marker;
     let marker = rmp::decode::read_marker(p).map_err(|_| "missing".to_string())?;

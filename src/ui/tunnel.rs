@@ -87,82 +87,8 @@ impl TunnelStatus {
     fn apply(&self, event: TunnelEvent) {
         let snapshot = {
             let mut s = self.inner.lock().unwrap();
-            let (kind, text) = match event {
-                TunnelEvent::Connecting { endpoint } => {
-                    if s.connections.is_empty() && s.state != "connecting" {
-                        s.state = "reconnecting";
-                    }
-                    ("connecting", format!("dialling {endpoint}"))
-                }
-                TunnelEvent::Connected {
-                    connection_id,
-                    endpoint,
-                } => {
-                    let text = format!("connection {connection_id} up ({endpoint})");
-                    s.connections.insert(connection_id, endpoint);
-                    s.state = "connected";
-                    ("connected", text)
-                }
-                TunnelEvent::Lost {
-                    connection_id,
-                    reason,
-                } => {
-                    s.connections.remove(&connection_id);
-                    s.reconnects += 1;
-                    if s.connections.is_empty() {
-                        s.state = "reconnecting";
-                    }
-                    (
-                        "lost",
-                        format!("connection {connection_id} lost ({reason}); reconnecting"),
-                    )
-                }
-                TunnelEvent::RetryFailed { error, retry_in } => (
-                    "retry",
-                    format!(
-                        "reconnect failed: {error}; next attempt in {:.0} s",
-                        retry_in.as_secs_f64()
-                    ),
-                ),
-                TunnelEvent::Moved {
-                    connection_id,
-                    endpoint,
-                } => {
-                    s.connections.remove(&connection_id);
-                    s.reconnects += 1;
-                    if s.connections.is_empty() {
-                        s.state = "reconnecting";
-                    }
-                    (
-                        "moved",
-                        format!(
-                            "the service moved connection {connection_id} to {endpoint}; reconnecting"
-                        ),
-                    )
-                }
-                TunnelEvent::Added { endpoint } => (
-                    "added",
-                    format!("the service asked for another connection to {endpoint}"),
-                ),
-                TunnelEvent::Closed {
-                    connection_id,
-                    message,
-                } => {
-                    s.connections.remove(&connection_id);
-                    if s.connections.is_empty() {
-                        s.state = "closed";
-                    }
-                    let why = if message.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {message}")
-                    };
-                    (
-                        "closed",
-                        format!("the service closed connection {connection_id}{why}"),
-                    )
-                }
-                TunnelEvent::Forwarded(_) => return,
+            let Some((kind, text)) = s.change(event) else {
+                return;
             };
             if s.log.len() == LOG_CAPACITY {
                 s.log.pop_front();
@@ -176,6 +102,91 @@ impl TunnelStatus {
         };
         // No open page is not an error.
         let _ = self.live.send(snapshot);
+    }
+}
+
+impl Snapshot {
+    /// Applies a connection change; its log line's kind and text (`None` for a forwarded
+    /// webhook, which the feed records).
+    fn change(&mut self, event: TunnelEvent) -> Option<(&'static str, String)> {
+        Some(match event {
+            TunnelEvent::Connecting { endpoint } => {
+                if self.connections.is_empty() && self.state != "connecting" {
+                    self.state = "reconnecting";
+                }
+                ("connecting", format!("dialling {endpoint}"))
+            }
+            TunnelEvent::Connected {
+                connection_id,
+                endpoint,
+            } => {
+                let text = format!("connection {connection_id} up ({endpoint})");
+                self.connections.insert(connection_id, endpoint);
+                self.state = "connected";
+                ("connected", text)
+            }
+            TunnelEvent::Lost {
+                connection_id,
+                reason,
+            } => {
+                self.going(&connection_id);
+                (
+                    "lost",
+                    format!("connection {connection_id} lost ({reason}); reconnecting"),
+                )
+            }
+            TunnelEvent::RetryFailed { error, retry_in } => (
+                "retry",
+                format!(
+                    "reconnect failed: {error}; next attempt in {:.0} s",
+                    retry_in.as_secs_f64()
+                ),
+            ),
+            TunnelEvent::Moved {
+                connection_id,
+                endpoint,
+            } => {
+                self.going(&connection_id);
+                (
+                    "moved",
+                    format!(
+                        "the service moved connection {connection_id} to {endpoint}; reconnecting"
+                    ),
+                )
+            }
+            TunnelEvent::Added { endpoint } => (
+                "added",
+                format!("the service asked for another connection to {endpoint}"),
+            ),
+            TunnelEvent::Closed {
+                connection_id,
+                message,
+            } => {
+                self.connections.remove(&connection_id);
+                if self.connections.is_empty() {
+                    self.state = "closed";
+                }
+                let why = if message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {message}")
+                };
+                (
+                    "closed",
+                    format!("the service closed connection {connection_id}{why}"),
+                )
+            }
+            TunnelEvent::Forwarded(_) => return None,
+        })
+    }
+
+    /// A connection dropped or moved: it will be dialled again.
+    fn going(&mut self, connection_id: &str) {
+        self.connections.remove(connection_id);
+        self.reconnects += 1;
+        if self.connections.is_empty() {
+            self.state = "reconnecting";
+        }
     }
 }
 

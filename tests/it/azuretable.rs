@@ -4,6 +4,7 @@
 //! and the managed-identity path: Azurite over HTTPS with OAuth (`--oauth basic`) taking the
 //! bearer token of a stand-in identity endpoint, and a stand-in table endpoint for what Azurite
 //! does not check (the token cached, refreshed near expiry and after a 401; identity failures).
+//! Also the store's own purge of expired presence entries, which only this backend needs.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -71,6 +72,63 @@ async fn history(http: &reqwest::Client, port: u16) -> Vec<(String, String)> {
             None => return out,
         }
     }
+}
+
+/// Table storage has no TTL: a presence entry whose `disconnected` never came is ignored by
+/// `presence` and then deleted by the bounded purge; live entries stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_deletes_expired_presence_entries() {
+    use hubhook::store::{MessageStore, Online};
+    let Some(server) =
+        Azurite::start_or_skip("azuretable::purge_deletes_expired_presence_entries").await
+    else {
+        return;
+    };
+    let store = crate::store::azure_store(&server, "presencepurge").await;
+    let now = hubhook::store::now_ms();
+    let hour = 3_600_000;
+    let online = |room: &str, conn: &str, user: &str, since_ms: i64, expires_ms: i64| Online {
+        room: room.into(),
+        connection_id: conn.into(),
+        user_id: user.into(),
+        since_ms,
+        expires_ms,
+    };
+    for o in [
+        online("pp-a", "gone-1", "ann", now - 3 * hour, now - 2 * hour),
+        online("pp-a", "gone-2", "amy", now - 3 * hour, now - hour),
+        online("pp-b", "gone-3", "bea", now - 3 * hour, now - hour),
+        online("pp-a", "live", "bob", now - 3 * hour, now + hour),
+    ] {
+        store.presence_online(&o).await.unwrap();
+    }
+    // Asked as of an earlier time, `presence` shows whether an expired entry is still stored.
+    let users = |room: &'static str, at: i64| {
+        let store = &store;
+        async move {
+            let mut u: Vec<String> = store
+                .presence(room, at)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|p| p.user_id)
+                .collect();
+            u.sort();
+            u
+        }
+    };
+    let before = now - 3 * hour + 1;
+    assert_eq!(users("pp-a", before).await, ["amy", "ann", "bob"]);
+    assert_eq!(users("pp-b", before).await, ["bea"]);
+    assert_eq!(users("pp-a", now).await, ["bob"]);
+    let cutoff = now - 30 * 24 * hour;
+    // Bounded: one entry per call at most, then the rest.
+    assert_eq!(store.purge_expired(cutoff, 1).await.unwrap(), 1);
+    assert_eq!(store.purge_expired(cutoff, 500).await.unwrap(), 2);
+    assert_eq!(store.purge_expired(cutoff, 500).await.unwrap(), 0);
+    assert_eq!(users("pp-a", before).await, ["bob"]);
+    assert_eq!(users("pp-b", before).await, Vec::<String>::new());
+    assert_eq!(users("pp-a", now).await, ["bob"]);
 }
 
 /// `GET /healthz`: status and body; 0 and the error when it did not answer within 20 s.
