@@ -1579,6 +1579,8 @@ mod tests {
         assert_eq!(c.allowed_origins, AllowedOrigins::Any);
     }
 
+    // One table of HUBHOOK_AUTH cases read top to bottom: the mode, its alias and every refusal
+    // side by side, so a change to one rule shows next to the others.
     #[test]
     fn auth_modes() {
         const LOCAL: &str = "Endpoint=http://localhost:8080;AccessKey=ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCDEFGH;Version=1.0;";

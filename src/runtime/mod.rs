@@ -149,9 +149,7 @@ pub fn build_router_with_store(
         AuthMode::Off => Authenticator::Off,
         AuthMode::Oidc(c) => Authenticator::Oidc(Box::new(OidcVerifier::new(c.clone())?)),
     };
-    if let Some(days) = config.store_options.retention_days {
-        crate::store::spawn_retention(store.clone(), days);
-    }
+    crate::store::spawn_retention(store.clone(), config.store_options.retention_days);
     let chat = Chat::new(store, service, config.chat.clone());
     chat.spawn_sweeper();
     let state = AppState {

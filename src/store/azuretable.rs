@@ -60,8 +60,9 @@
 //!
 //! # Retention
 //!
-//! Table storage has no TTL. With `HUBHOOK_RETENTION_DAYS`, [`MessageStore::purge_expired`]
-//! (run hourly by [`super::spawn_retention`]) walks the `rooms` partition and deletes, room by
+//! Table storage has no TTL. [`MessageStore::purge_expired`] (run hourly by
+//! [`super::spawn_retention`], with or without `HUBHOOK_RETENTION_DAYS`; without it the cutoff is
+//! 0, so only expired presence goes) walks the `rooms` partition and deletes, room by
 //! room, messages whose event time is older than the cutoff together with their claims (one
 //! `$batch` of up to 100 operations), then notice claims claimed before the cutoff, then presence
 //! entries whose `expiresMs` has passed (SQLite prunes its own on each join; DynamoDB's TTL

@@ -410,14 +410,17 @@ pub const RETENTION_EVERY: std::time::Duration = std::time::Duration::from_secs(
 pub const RETENTION_BATCH: usize = 500;
 pub const RETENTION_MAX_PER_ROUND: u64 = 50_000;
 
-/// One retention round: [`MessageStore::purge_expired`] in batches of [`RETENTION_BATCH`] until
-/// nothing older than `days` is left or [`RETENTION_MAX_PER_ROUND`] entries went.
+/// One housekeeping round: [`MessageStore::purge_expired`] in batches of [`RETENTION_BATCH`] until
+/// nothing older than `days` is left or [`RETENTION_MAX_PER_ROUND`] entries went. Without `days`
+/// (`HUBHOOK_RETENTION_DAYS` unset) messages are kept and the round only removes what a backend
+/// keeps past its expiry itself (Azure Table's presence entries; SQLite prunes them on each join,
+/// DynamoDB by its TTL).
 pub async fn purge_round(
     store: &dyn MessageStore,
-    days: u32,
+    days: Option<u32>,
     now_ms: i64,
 ) -> Result<u64, StoreError> {
-    let cutoff = now_ms.saturating_sub(i64::from(days) * 86_400_000);
+    let cutoff = days.map_or(0, |d| now_ms.saturating_sub(i64::from(d) * 86_400_000));
     let mut total = 0;
     while total < RETENTION_MAX_PER_ROUND {
         let n = store.purge_expired(cutoff, RETENTION_BATCH).await?;
@@ -429,9 +432,9 @@ pub async fn purge_round(
     Ok(total)
 }
 
-/// Runs [`purge_round`] a minute after start (not on the cold-start path), then every
-/// [`RETENTION_EVERY`]. Failures are logged and retried next round.
-pub fn spawn_retention(store: SharedStore, days: u32) -> tokio::task::JoinHandle<()> {
+/// Runs [`purge_round`] hourly, the first a minute after start. Started on every platform, with
+/// or without retention: expired presence must not pile up where the backend has no TTL.
+pub fn spawn_retention(store: SharedStore, days: Option<u32>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         tokio::time::sleep(std::time::Duration::from_secs(60)).await;
         let mut tick = tokio::time::interval(RETENTION_EVERY);
@@ -440,7 +443,7 @@ pub fn spawn_retention(store: SharedStore, days: u32) -> tokio::task::JoinHandle
             tick.tick().await;
             match purge_round(&*store, days, now_ms()).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(deleted = n, days, "retention: purged old messages"),
+                Ok(n) => tracing::info!(deleted = n, ?days, "retention: purged expired entries"),
                 Err(e) => tracing::warn!(error = %e, "retention: purge failed; next round retries"),
             }
         }

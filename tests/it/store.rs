@@ -1126,7 +1126,9 @@ async fn retention(store: &dyn MessageStore) {
         store.broadcast_sent(&a.pending.unwrap()).await.unwrap();
     }
     assert_eq!(all(store, "ret").await.len(), 2);
-    let deleted = hubhook::store::purge_round(store, 2, now).await.unwrap();
+    let deleted = hubhook::store::purge_round(store, Some(2), now)
+        .await
+        .unwrap();
     assert!(deleted >= 1, "deleted {deleted}");
     assert_eq!(
         all(store, "ret")
@@ -1136,16 +1138,26 @@ async fn retention(store: &dyn MessageStore) {
             .collect::<Vec<_>>(),
         ["recent"]
     );
-    assert_eq!(hubhook::store::purge_round(store, 2, now).await.unwrap(), 0);
+    assert_eq!(
+        hubhook::store::purge_round(store, Some(2), now)
+            .await
+            .unwrap(),
+        0
+    );
     // Its claim went with it.
     let again = append(store, old.clone()).await.unwrap();
     assert!(again.inserted);
     store.broadcast_sent(&again.pending.unwrap()).await.unwrap();
     // A purge with the cutoff in the past deletes nothing.
     assert_eq!(
-        hubhook::store::purge_round(store, 30, now).await.unwrap(),
+        hubhook::store::purge_round(store, Some(30), now)
+            .await
+            .unwrap(),
         0
     );
+    // Without retention (the hourly round still runs, for expired presence) every message stays.
+    hubhook::store::purge_round(store, None, now).await.unwrap();
+    assert_eq!(all(store, "ret").await.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
