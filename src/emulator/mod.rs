@@ -25,8 +25,6 @@ mod auth;
 mod client;
 mod conn;
 mod filter;
-#[cfg(test)]
-mod flood_tests;
 mod frame;
 mod handle;
 mod hub;

@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (connection_id, ce_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox (
-    id            TEXT    NOT NULL PRIMARY KEY,
+    id            TEXT    NOT NULL,
     kind          TEXT    NOT NULL,
     room          TEXT    NOT NULL,
     payload       TEXT    NOT NULL,
@@ -42,9 +42,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     ce_id         TEXT    NOT NULL,
     created_ms    INTEGER NOT NULL,
     due_ms        INTEGER NOT NULL,
-    attempts      INTEGER NOT NULL DEFAULT 0
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (kind, id)
 ) WITHOUT ROWID;
-CREATE UNIQUE INDEX IF NOT EXISTS outbox_delivery ON outbox (connection_id, ce_id);
+CREATE UNIQUE INDEX IF NOT EXISTS outbox_delivery_kind ON outbox (connection_id, ce_id, kind);
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (due_ms);
 CREATE TABLE IF NOT EXISTS presence (
     room          TEXT    NOT NULL,
@@ -60,6 +61,44 @@ CREATE TABLE IF NOT EXISTS health_probe (
     at_ms INTEGER NOT NULL
 );
 ";
+
+/// The outbox's columns, in the order both of its layouts share.
+const OUTBOX_COLUMNS: &str =
+    "id, kind, room, payload, connection_id, ce_id, created_ms, due_ms, attempts";
+
+/// Creates what is missing of [`SCHEMA`], first bringing a database of an older layout up to it.
+///
+/// Before, the outbox was keyed by `id` with a unique index `outbox_delivery` on connection id +
+/// `ce-id`, so a pending notice and a pending message of one delivery key (both kinds' ids come
+/// from connection id, `ce-id` and event time) collided. A table's primary key cannot be altered
+/// in place: the old table is renamed, the new one created by the schema, the rows copied over.
+/// The caller runs this in the schema's one transaction, so a failure leaves the old layout whole.
+fn migrate_and_create(c: &Connection) -> rusqlite::Result<()> {
+    let kind_in_key: Option<i64> = c
+        .query_row(
+            "SELECT pk FROM pragma_table_info('outbox') WHERE name = 'kind'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let rebuild = kind_in_key == Some(0);
+    // The indexes go first: renamed with their table, their names would keep the schema's
+    // `IF NOT EXISTS` from creating them on the new one.
+    c.execute_batch("DROP INDEX IF EXISTS outbox_delivery;")?;
+    if rebuild {
+        c.execute_batch(
+            "DROP INDEX IF EXISTS outbox_due; ALTER TABLE outbox RENAME TO outbox_keyed_by_id;",
+        )?;
+    }
+    c.execute_batch(SCHEMA)?;
+    if rebuild {
+        c.execute_batch(&format!(
+            "INSERT INTO outbox ({OUTBOX_COLUMNS}) SELECT {OUTBOX_COLUMNS} FROM outbox_keyed_by_id;
+             DROP TABLE outbox_keyed_by_id;"
+        ))?;
+    }
+    Ok(())
+}
 
 /// Writes queued beyond this are refused with 503 instead of growing memory without bound when
 /// the disk cannot keep up; the service (or client) retries later.
@@ -146,7 +185,7 @@ impl SqliteStore {
         let schema = writer_conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(failed)?;
-        schema.execute_batch(SCHEMA).map_err(failed)?;
+        migrate_and_create(&schema).map_err(failed)?;
         schema.commit().map_err(failed)?;
         let readers = (0..2).map(|_| open(&path)).collect::<Result<Vec<_>, _>>()?;
         let (tx, rx) = mpsc::sync_channel(MAX_QUEUED);
@@ -305,7 +344,7 @@ fn insert_message(c: &Connection, m: &NewMessage, b: &Broadcast) -> Result<Appen
     Ok(Appended {
         message,
         inserted: false,
-        pending: pending_of(c, &m.connection_id, &m.ce_id)?,
+        pending: pending_of(c, BroadcastKind::Message, &m.connection_id, &m.ce_id)?,
     })
 }
 
@@ -326,12 +365,9 @@ fn record_notice(c: &Connection, b: &Broadcast) -> Result<Recorded, StoreError> 
     }
     Ok(Recorded {
         inserted: false,
-        pending: pending_of(c, &b.connection_id, &b.ce_id)?,
+        pending: pending_of(c, BroadcastKind::Notice, &b.connection_id, &b.ce_id)?,
     })
 }
-
-const BROADCAST_COLUMNS: &str =
-    "id, kind, room, payload, connection_id, ce_id, created_ms, due_ms, attempts";
 
 fn insert_broadcast(c: &Connection, b: &Broadcast) -> Result<(), StoreError> {
     c.prepare_cached(
@@ -355,18 +391,24 @@ fn insert_broadcast(c: &Connection, b: &Broadcast) -> Result<(), StoreError> {
     .map_err(failed)
 }
 
-/// The still-unsent broadcast of a delivery, if any.
+/// The still-unsent broadcast of a delivery, if any. A notice and a message may share a delivery
+/// key, so the kind picks which one.
 fn pending_of(
     c: &Connection,
+    kind: BroadcastKind,
     connection_id: &str,
     ce_id: &str,
 ) -> Result<Option<Broadcast>, StoreError> {
     c.prepare_cached(&format!(
-        "SELECT {BROADCAST_COLUMNS} FROM outbox WHERE connection_id = ?1 AND ce_id = ?2"
+        "SELECT {OUTBOX_COLUMNS} FROM outbox
+         WHERE connection_id = ?1 AND ce_id = ?2 AND kind = ?3"
     ))
     .and_then(|mut s| {
-        s.query_row(params![connection_id, ce_id], row_to_broadcast)
-            .optional()
+        s.query_row(
+            params![connection_id, ce_id, kind_name(kind)],
+            row_to_broadcast,
+        )
+        .optional()
     })
     .map_err(failed)
 }
@@ -419,10 +461,10 @@ impl MessageStore for SqliteStore {
     }
 
     async fn broadcast_sent(&self, b: &Broadcast) -> Result<(), StoreError> {
-        let id = b.id.clone();
+        let (kind, id) = (kind_name(b.kind), b.id.clone());
         self.write(move |c| {
-            c.prepare_cached("DELETE FROM outbox WHERE id = ?1")
-                .and_then(|mut s| s.execute(params![id]))
+            c.prepare_cached("DELETE FROM outbox WHERE kind = ?1 AND id = ?2")
+                .and_then(|mut s| s.execute(params![kind, id]))
                 .map(drop)
                 .map_err(failed)
         })
@@ -430,10 +472,12 @@ impl MessageStore for SqliteStore {
     }
 
     async fn broadcast_failed(&self, b: &Broadcast, retry_at_ms: i64) -> Result<(), StoreError> {
-        let id = b.id.clone();
+        let (kind, id) = (kind_name(b.kind), b.id.clone());
         self.write(move |c| {
-            c.prepare_cached("UPDATE outbox SET attempts = attempts + 1, due_ms = ?2 WHERE id = ?1")
-                .and_then(|mut s| s.execute(params![id, retry_at_ms]))
+            c.prepare_cached(
+                "UPDATE outbox SET attempts = attempts + 1, due_ms = ?3 WHERE kind = ?1 AND id = ?2",
+            )
+            .and_then(|mut s| s.execute(params![kind, id, retry_at_ms]))
                 .map(drop)
                 .map_err(failed)
         })
@@ -447,7 +491,7 @@ impl MessageStore for SqliteStore {
     ) -> Result<Vec<Broadcast>, StoreError> {
         self.read(move |c| {
             c.prepare_cached(&format!(
-                "SELECT {BROADCAST_COLUMNS} FROM outbox WHERE due_ms <= ?1 ORDER BY due_ms LIMIT ?2"
+                "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE due_ms <= ?1 ORDER BY due_ms LIMIT ?2"
             ))
             .and_then(|mut s| {
                 s.query_map(params![now_ms, limit as i64], row_to_broadcast)?

@@ -4,7 +4,6 @@
 //! tunnelling another service (the emulator in this process standing in for a real resource).
 //! Screenshots of each view land in `target/browser/`.
 
-use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -14,29 +13,9 @@ use hubhook::service::{client_access, ClientTokenOptions, ConnectionString};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::support::{browser_or_skip, hubhook_command, node_or_skip, NodeEnv};
+use crate::support::{browser_or_skip, hubhook_command, Browser, NodeEnv};
 
 const SHOTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/browser");
-
-/// Debian's Firefox ESR, which `tests/js/browser-drivers.mjs` drives through puppeteer-core.
-const FIREFOX: &str = "/usr/bin/firefox-esr";
-
-/// [`node_or_skip`], and Firefox ESR: without it, skipped with a printed reason, or a failure
-/// under `HUBHOOK_REQUIRE_NODE=1` (`scripts/test.sh` installs it).
-fn firefox_or_skip(test: &str) -> Option<NodeEnv> {
-    let node = node_or_skip(test)?;
-    if Path::new(FIREFOX).is_file() {
-        return Some(node);
-    }
-    let why = "needs Node.js and /usr/bin/firefox-esr (`apt-get install firefox-esr`; \
-               scripts/test.sh installs it)";
-    if std::env::var("HUBHOOK_REQUIRE_NODE").as_deref() == Ok("1") {
-        panic!("{test}: {why} (HUBHOOK_REQUIRE_NODE=1: not skipped)");
-    }
-    // Straight to stderr: libtest captures `eprintln!` of passing tests.
-    let _ = writeln!(std::io::stderr(), "skipped {test}: {why}");
-    None
-}
 
 /// `hubhook dev --emulator-port 0 --port 0` with `env`: the process and the page's URL.
 async fn dev(env: &[(&str, String)], dir: &Path) -> (tokio::process::Child, String) {
@@ -112,8 +91,8 @@ async fn browse(node: &NodeEnv, url: &str, env: &[(&str, String)], prefix: &str)
 
 #[tokio::test]
 async fn two_users_chat_and_the_inspector_shows_replays_in_chromium() {
-    let Some(node) = browser_or_skip("browser::two_users_chat_and_the_inspector_shows_replays")
-    else {
+    let test = "browser::two_users_chat_and_the_inspector_shows_replays_in_chromium";
+    let Some(node) = browser_or_skip(test, Browser::Chromium) else {
         return;
     };
     node.require_versions(&[("playwright-core", "1.64.1")]);
@@ -134,9 +113,8 @@ async fn two_users_chat_and_the_inspector_shows_replays_in_chromium() {
 /// refusals without the token, no console errors.
 #[tokio::test]
 async fn two_users_chat_and_the_inspector_shows_replays_in_firefox() {
-    let Some(node) =
-        firefox_or_skip("browser::two_users_chat_and_the_inspector_shows_replays_in_firefox")
-    else {
+    let test = "browser::two_users_chat_and_the_inspector_shows_replays_in_firefox";
+    let Some(node) = browser_or_skip(test, Browser::Firefox) else {
         return;
     };
     node.require_versions(&[("puppeteer-core", "24.43.1")]);
@@ -192,7 +170,7 @@ async fn client_connects(emu: &EmulatorHandle, user: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnelled_webhooks_fill_the_same_inspector_and_reconnects_show() {
     let test = "browser::tunnelled_webhooks_fill_the_same_inspector_and_reconnects_show";
-    let Some(node) = browser_or_skip(test) else {
+    let Some(node) = browser_or_skip(test, Browser::Chromium) else {
         return;
     };
     node.require_versions(&[("playwright-core", "1.64.1")]);

@@ -17,6 +17,7 @@ mod compat;
 mod crash;
 mod emulator;
 mod emulator_api;
+mod emulator_flood;
 mod outbox;
 mod presence;
 mod runtimes;

@@ -168,6 +168,7 @@ async fn suite(store: Arc<dyn MessageStore>) {
     rooms_are_isolated(&*store).await;
     bad_cursors(&*store).await;
     notices(&*store).await;
+    a_notice_and_a_message_share_a_ce_id(&*store).await;
     outbox(&*store).await;
     retry_with_a_new_time(&*store).await;
     concurrent_appends(store.clone()).await;
@@ -368,6 +369,82 @@ async fn notices(store: &dyn MessageStore) {
     assert_eq!(all(store, "claims").await.len(), 1);
 }
 
+/// A notice and a message of one connection with the same `ce-id` (and the same event time, so
+/// even their ids are equal) are two deliveries: both stored, both broadcasts pending at once,
+/// each handed back to its own retry, counted, sent and gone on its own.
+async fn a_notice_and_a_message_share_a_ce_id(store: &dyn MessageStore) {
+    let n = Broadcast {
+        room: "shared".into(),
+        ..notice("conn-s", "ce-1")
+    };
+    let m = msg("shared", "conn-s", "ce-1", T0, "same ce-id as the notice");
+    let bm = broadcast_for(&m);
+    assert_eq!(n.id, bm.id, "the strictest case: one id for both");
+
+    let recorded = store.record_notice(n.clone()).await.expect("the notice");
+    assert!(recorded.inserted);
+    assert_eq!(recorded.pending.as_ref(), Some(&n));
+    let appended = store
+        .append(m.clone(), bm.clone())
+        .await
+        .expect("the message, after a notice with its ce-id");
+    assert!(appended.inserted);
+    assert_eq!(appended.pending.as_ref(), Some(&bm));
+    assert_eq!(
+        all(store, "shared").await,
+        vec![StoredMessage::from_new(&m)]
+    );
+
+    // Each retry gets its own broadcast back, not the other one.
+    let again = store.record_notice(n.clone()).await.unwrap();
+    assert_eq!((again.inserted, again.pending.as_ref()), (false, Some(&n)));
+    let again = store.append(m.clone(), bm.clone()).await.unwrap();
+    assert_eq!((again.inserted, again.pending.as_ref()), (false, Some(&bm)));
+
+    let of_conn = |list: Vec<Broadcast>| -> Vec<(BroadcastKind, String, u32)> {
+        let mut v: Vec<_> = list
+            .into_iter()
+            .filter(|b| b.connection_id == "conn-s")
+            .map(|b| (b.kind, b.payload, b.attempts))
+            .collect();
+        v.sort_by_key(|(kind, _, _)| *kind == BroadcastKind::Notice);
+        v
+    };
+    assert_eq!(
+        of_conn(due(store, i64::MAX).await),
+        [
+            (BroadcastKind::Message, bm.payload.clone(), 0),
+            (BroadcastKind::Notice, n.payload.clone(), 0)
+        ]
+    );
+
+    // A failure of one is counted on that one only.
+    store.broadcast_failed(&n, T0).await.unwrap();
+    assert_eq!(
+        of_conn(due(store, i64::MAX).await),
+        [
+            (BroadcastKind::Message, bm.payload.clone(), 0),
+            (BroadcastKind::Notice, n.payload.clone(), 1)
+        ]
+    );
+
+    // Sending the notice leaves the message's broadcast pending, and the other way round.
+    store.broadcast_sent(&n).await.unwrap();
+    assert_eq!(
+        of_conn(due(store, i64::MAX).await),
+        [(BroadcastKind::Message, bm.payload.clone(), 0)]
+    );
+    let again = store.record_notice(n.clone()).await.unwrap();
+    assert_eq!((again.inserted, again.pending), (false, None));
+    let again = store.append(m.clone(), bm.clone()).await.unwrap();
+    assert_eq!((again.inserted, again.pending.as_ref()), (false, Some(&bm)));
+    store.broadcast_sent(&bm).await.unwrap();
+    assert_eq!(of_conn(due(store, i64::MAX).await), []);
+    let again = store.append(m.clone(), bm.clone()).await.unwrap();
+    assert_eq!((again.inserted, again.pending), (false, None));
+    assert_eq!(all(store, "shared").await.len(), 1);
+}
+
 /// The transactional outbox: a message and its broadcast committed together, the broadcast kept
 /// until sent, handed back to a retry while unsent, and due for the sweeper on its schedule.
 async fn outbox(store: &dyn MessageStore) {
@@ -500,6 +577,174 @@ async fn sqlite_backend() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path().join("x.db")).expect("open");
     assert!(store.describe().starts_with("sqlite://"));
+    suite(Arc::new(store)).await;
+}
+
+/// The layout of a database written before the outbox told notices and messages apart: keyed by
+/// `id` alone, one unique index on connection id + `ce-id`.
+const OLD_SQLITE_SCHEMA: &str = "
+CREATE TABLE messages (
+    room TEXT NOT NULL, id TEXT NOT NULL, connection_id TEXT NOT NULL, ce_id TEXT NOT NULL,
+    user_id TEXT, text TEXT NOT NULL, at_ms INTEGER NOT NULL, PRIMARY KEY (room, id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX messages_delivery ON messages (connection_id, ce_id);
+CREATE INDEX messages_at ON messages (at_ms);
+CREATE TABLE deliveries (
+    connection_id TEXT NOT NULL, ce_id TEXT NOT NULL, at_ms INTEGER NOT NULL,
+    PRIMARY KEY (connection_id, ce_id)
+) WITHOUT ROWID;
+CREATE TABLE outbox (
+    id TEXT NOT NULL PRIMARY KEY, kind TEXT NOT NULL, room TEXT NOT NULL, payload TEXT NOT NULL,
+    connection_id TEXT NOT NULL, ce_id TEXT NOT NULL, created_ms INTEGER NOT NULL,
+    due_ms INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX outbox_delivery ON outbox (connection_id, ce_id);
+CREATE INDEX outbox_due ON outbox (due_ms);
+CREATE TABLE presence (
+    room TEXT NOT NULL, connection_id TEXT NOT NULL, user_id TEXT NOT NULL,
+    since_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL, PRIMARY KEY (room, connection_id)
+) WITHOUT ROWID;
+CREATE INDEX presence_expiry ON presence (expires_ms);
+CREATE TABLE health_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at_ms INTEGER NOT NULL);
+";
+
+/// `(name, SQL)` of the outbox's indexes, and its primary key's columns in order.
+fn outbox_layout(path: &std::path::Path) -> (Vec<(String, String)>, Vec<String>) {
+    let c = rusqlite::Connection::open(path).unwrap();
+    let indexes = c
+        .prepare(
+            "SELECT name, sql FROM sqlite_master
+             WHERE type = 'index' AND tbl_name = 'outbox' AND sql IS NOT NULL ORDER BY name",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = c
+        .prepare("SELECT name FROM pragma_table_info('outbox') WHERE pk > 0 ORDER BY pk")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    (indexes, key)
+}
+
+/// A database of the old layout, with a pending message broadcast and a pending notice in it,
+/// opens: the outbox is rebuilt keyed by kind + id with the unique index on connection id +
+/// `ce-id` + kind, both broadcasts survive as they were, a notice and a message may now share a
+/// `ce-id`, opening again changes nothing, and the whole suite passes on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_opens_a_database_of_the_old_outbox_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let m = msg("old", "conn-m", "ce-1", T0, "written by the old layout");
+    let mut bm = broadcast_for(&m);
+    bm.attempts = 2;
+    let n = notice("conn-m", "ce-2");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(OLD_SQLITE_SCHEMA).unwrap();
+        c.execute(
+            "INSERT INTO messages VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            rusqlite::params![
+                m.room,
+                m.id(),
+                m.connection_id,
+                m.ce_id,
+                m.user_id,
+                m.text,
+                m.at_ms
+            ],
+        )
+        .unwrap();
+        c.execute(
+            "INSERT INTO deliveries VALUES (?1, ?2, ?3)",
+            rusqlite::params![n.connection_id, n.ce_id, T0],
+        )
+        .unwrap();
+        for (b, kind) in [(&bm, "message"), (&n, "notice")] {
+            c.execute(
+                "INSERT INTO outbox VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                rusqlite::params![
+                    b.id,
+                    kind,
+                    b.room,
+                    b.payload,
+                    b.connection_id,
+                    b.ce_id,
+                    b.created_ms,
+                    b.due_ms,
+                    b.attempts
+                ],
+            )
+            .unwrap();
+        }
+        // What the old layout refuses: a notice of the message's delivery key.
+        let clash = c.execute(
+            "INSERT INTO outbox VALUES ('x', 'notice', 'old', '{}', 'conn-m', 'ce-1', 0, 0, 0)",
+            [],
+        );
+        assert!(clash.is_err(), "the old layout is the one with the clash");
+    }
+    assert_eq!(outbox_layout(&path).1, ["id"]);
+
+    let store = SqliteStore::open(&path).expect("open a database of the old layout");
+    let new_layout = (
+        vec![
+            (
+                "outbox_delivery_kind".to_string(),
+                "CREATE UNIQUE INDEX outbox_delivery_kind ON outbox (connection_id, ce_id, kind)"
+                    .to_string(),
+            ),
+            (
+                "outbox_due".to_string(),
+                "CREATE INDEX outbox_due ON outbox (due_ms)".to_string(),
+            ),
+        ],
+        vec!["kind".to_string(), "id".to_string()],
+    );
+    assert_eq!(outbox_layout(&path), new_layout);
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        let leftovers: i64 = c
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'outbox_keyed_by_id'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(leftovers, 0, "the old table is gone");
+    }
+
+    // Both broadcasts, as they were, each handed back to its own retry.
+    let mut pending: Vec<Broadcast> = due(&store, i64::MAX).await;
+    pending.sort_by(|a, b| a.ce_id.cmp(&b.ce_id));
+    assert_eq!(pending, [bm.clone(), n.clone()]);
+    let again = append(&store, m.clone()).await.unwrap();
+    assert_eq!((again.inserted, again.pending.as_ref()), (false, Some(&bm)));
+    let again = store.record_notice(n.clone()).await.unwrap();
+    assert_eq!((again.inserted, again.pending.as_ref()), (false, Some(&n)));
+    assert_eq!(all(&store, "old").await, vec![StoredMessage::from_new(&m)]);
+
+    // What the old layout refused: a notice of the message's delivery key, beside it.
+    let shared = Broadcast {
+        room: "old".into(),
+        ..notice("conn-m", "ce-1")
+    };
+    let r = store.record_notice(shared.clone()).await.unwrap();
+    assert_eq!((r.inserted, r.pending.as_ref()), (true, Some(&shared)));
+    for b in [&bm, &n, &shared] {
+        store.broadcast_sent(b).await.unwrap();
+    }
+    assert_eq!(due(&store, i64::MAX).await, []);
+    drop(store);
+
+    // Opening the migrated file again is a plain open.
+    let store = SqliteStore::open(&path).expect("open again");
+    assert_eq!(outbox_layout(&path), new_layout);
+    assert_eq!(all(&store, "old").await, vec![StoredMessage::from_new(&m)]);
     suite(Arc::new(store)).await;
 }
 

@@ -18,7 +18,7 @@ use hubhook::protocol::{
 };
 use hubhook::runtime::Application;
 
-pub use node::{browser_or_skip, node_or_skip, Azurite, Dynalite, NodeEnv, AZURITE_KEY};
+pub use node::{browser_or_skip, node_or_skip, Azurite, Browser, Dynalite, NodeEnv, AZURITE_KEY};
 pub use stand_in::{reply, Reply, Request, Script, StandIn};
 
 pub const KEY: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCDEFGH";

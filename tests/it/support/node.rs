@@ -49,21 +49,57 @@ fn missing() -> Option<&'static str> {
     }
 }
 
-/// Debian's Chromium, which `tests/js/browser.mjs` drives through playwright-core.
-const CHROMIUM: &str = "/usr/bin/chromium";
+/// A headless browser of the dev page's tests, as Debian packages it (`scripts/test.sh`
+/// installs both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Browser {
+    /// `/usr/bin/chromium`, which `tests/js/browser.mjs` drives through playwright-core.
+    Chromium,
+    /// `/usr/bin/firefox-esr`, which `tests/js/browser-drivers.mjs` drives through
+    /// puppeteer-core over WebDriver BiDi.
+    Firefox,
+}
 
-/// [`node_or_skip`], and Debian's Chromium at `/usr/bin/chromium` (the dev page's browser test):
-/// without it, skipped with a printed reason, or a failure under `HUBHOOK_REQUIRE_NODE=1`.
-pub fn browser_or_skip(test: &str) -> Option<NodeEnv> {
+impl Browser {
+    fn executable(self) -> &'static str {
+        match self {
+            Browser::Chromium => "/usr/bin/chromium",
+            Browser::Firefox => "/usr/bin/firefox-esr",
+        }
+    }
+
+    fn package(self) -> &'static str {
+        match self {
+            Browser::Chromium => "chromium",
+            Browser::Firefox => "firefox-esr",
+        }
+    }
+}
+
+/// [`node_or_skip`], and `browser` installed: without it, skipped with a printed reason, or a
+/// failure under `HUBHOOK_REQUIRE_NODE=1`.
+pub fn browser_or_skip(test: &str, browser: Browser) -> Option<NodeEnv> {
     let node = node_or_skip(test)?;
-    if Path::new(CHROMIUM).is_file() {
+    let exe = browser.executable();
+    if Path::new(exe).is_file() {
         return Some(node);
     }
-    let why =
-        "/usr/bin/chromium is missing (`apt-get install chromium`; scripts/test.sh installs it)";
+    skip(
+        test,
+        &format!(
+            "{exe} is missing (`apt-get install {}`; scripts/test.sh installs it)",
+            browser.package()
+        ),
+    )
+}
+
+/// Skips `test` for `why`: a line on stderr, or a panic under `HUBHOOK_REQUIRE_NODE=1`. The line
+/// starts `skipped <test>: needs Node.js`, which `scripts/test.sh` looks for.
+fn skip(test: &str, why: &str) -> Option<NodeEnv> {
     if std::env::var("HUBHOOK_REQUIRE_NODE").as_deref() == Ok("1") {
         panic!("{test}: {NEEDS}; {why} (HUBHOOK_REQUIRE_NODE=1: not skipped)");
     }
+    // Straight to stderr: libtest captures `eprintln!` of passing tests.
     let _ = writeln!(std::io::stderr(), "skipped {test}: {NEEDS}; {why}");
     None
 }
@@ -78,15 +114,10 @@ pub struct NodeEnv {
 /// `skipped <test>: needs Node.js …` and returns `None` — or panics with that reason when
 /// `HUBHOOK_REQUIRE_NODE=1`.
 pub fn node_or_skip(test: &str) -> Option<NodeEnv> {
-    let Some(why) = missing() else {
-        return Some(NodeEnv { _private: () });
-    };
-    if std::env::var("HUBHOOK_REQUIRE_NODE").as_deref() == Ok("1") {
-        panic!("{test}: {NEEDS}; {why} (HUBHOOK_REQUIRE_NODE=1: not skipped)");
+    match missing() {
+        None => Some(NodeEnv { _private: () }),
+        Some(why) => skip(test, why),
     }
-    // Straight to stderr: libtest captures `eprintln!` of passing tests.
-    let _ = writeln!(std::io::stderr(), "skipped {test}: {NEEDS}; {why}");
-    None
 }
 
 impl NodeEnv {

@@ -1,22 +1,26 @@
 //! A client that never reads, flooded over the REST API (issue 10, item 5): it is closed at its
 //! bound and torn down (gone from REST and its group, `disconnected` webhook), while a reading
 //! client in the same group gets every message. Real sockets (`tokio-tungstenite`), an
-//! in-process emulator and a recording event handler. Every wait is bounded; nothing is timed.
+//! in-process emulator through its public API, and the shared stand-in as the event handler.
+//! Every wait is bounded; nothing is timed.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::http::{HeaderMap, Method, StatusCode};
 use futures_util::{stream, SinkExt, StreamExt};
+use hubhook::emulator::{
+    handler_for_all, BufferLimit, Emulator, EmulatorConfig, EmulatorHandle, BUFFER_FULL_CODE,
+    JSON_RELIABLE_V1, JSON_V1, OUTBOUND_BUFFER_FULL, RELIABLE_BUFFER_FULL,
+};
+use hubhook::protocol::EventData;
+use hubhook::service::{
+    client_token, unix_now, ClientTokenOptions, ConnectionString, RetryPolicy, SendOptions,
+    ServiceClient,
+};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::*;
-use crate::service::{
-    client_token, unix_now, ClientTokenOptions, ConnectionString, RetryPolicy, SendOptions,
-    ServiceClient,
-};
+use crate::support::{reply, Script, StandIn};
 
 /// The bound on every single wait.
 const T: Duration = Duration::from_secs(10);
@@ -28,54 +32,25 @@ const SIZE: usize = 8192;
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// (event name, connection id, body) of every webhook POST.
-type Hooks = Arc<Mutex<Vec<(String, String, Value)>>>;
-
-/// An event handler that accepts everything and records what it got.
-async fn recording_handler() -> (String, Hooks) {
-    let hooks: Hooks = Arc::default();
-    let h = hooks.clone();
-    let app = axum::Router::new().fallback(
-        move |method: Method, headers: HeaderMap, body: axum::body::Bytes| {
-            let h = h.clone();
-            async move {
-                let header = |n: &str| {
-                    headers
-                        .get(n)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_string()
-                };
-                if method == Method::POST {
-                    let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                    h.lock().unwrap().push((
-                        header("ce-eventname"),
-                        header("ce-connectionid"),
-                        body,
-                    ));
-                }
-                (StatusCode::OK, [("webhook-allowed-origin", "*")])
-            }
-        },
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "http://{}/hooks/{{hub}}/{{event}}",
-        listener.local_addr().unwrap()
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, hooks)
+/// An event handler that accepts everything (the abuse-protection handshake included) and
+/// records what it got.
+async fn accepting_handler() -> StandIn {
+    StandIn::start(Script::handler(|_| {
+        Some(reply(200).header("webhook-allowed-origin", "*"))
+    }))
+    .await
 }
 
 struct Setup {
     emu: EmulatorHandle,
     cs: ConnectionString,
     svc: ServiceClient,
-    hooks: Hooks,
+    handler: StandIn,
 }
 
 async fn setup(tweak: impl FnOnce(&mut EmulatorConfig)) -> Setup {
-    let (url, hooks) = recording_handler().await;
+    let handler = accepting_handler().await;
+    let url = handler.url("/hooks/{hub}/{event}");
     let mut c = EmulatorConfig::local(0, vec![handler_for_all(&url)]);
     c.outbound_limit = BufferLimit {
         bytes: 1024 * 1024,
@@ -89,11 +64,27 @@ async fn setup(tweak: impl FnOnce(&mut EmulatorConfig)) -> Setup {
         emu,
         cs,
         svc,
-        hooks,
+        handler,
     }
 }
 
 impl Setup {
+    /// (event name, connection id, body) of every webhook POST so far.
+    fn hooks(&self) -> Vec<(String, String, Value)> {
+        self.handler
+            .matching(|r| r.method == "POST")
+            .into_iter()
+            .map(|r| {
+                let header = |n: &str| r.header(n).unwrap_or_default();
+                (
+                    header("ce-eventname"),
+                    header("ce-connectionid"),
+                    r.json_or_null(),
+                )
+            })
+            .collect()
+    }
+
     /// A client of group `flood` offering `protocol`; its connection id (from `connected`).
     async fn client(&self, user: &str, protocol: &str) -> (Ws, String) {
         let opts = ClientTokenOptions {
@@ -153,7 +144,7 @@ impl Setup {
     async fn disconnected(&self, conn: &str) -> String {
         tokio::time::timeout(T, async {
             loop {
-                let found = self.hooks.lock().unwrap().iter().find_map(|(e, c, b)| {
+                let found = self.hooks().into_iter().find_map(|(e, c, b)| {
                     (e == "disconnected" && c == conn).then(|| b["reason"].clone())
                 });
                 if let Some(r) = found {
@@ -272,7 +263,7 @@ async fn a_reliable_client_that_never_acks_is_closed_at_the_reliable_bound() {
     dropped_ws.send(Message::Close(None)).await.unwrap();
     drop(dropped_ws);
     tokio::time::timeout(T, async {
-        while s.hooks.lock().unwrap().len() < 4 {
+        while s.hooks().len() < 4 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
