@@ -160,15 +160,7 @@ async fn ids_and_times_outside_the_rules_are_refused() {
             .with_time(hubhook::protocol::now_rfc3339());
         assert_eq!(app.send(c, message("x"), &[KEY]).await.status(), 200);
     }
-    let page: serde_json::Value = app
-        .http
-        .get(app.url("/api/messages?room=lobby&limit=2"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = get_json(&app.http, app.url("/api/messages?room=lobby&limit=2")).await;
     let next = page["next"].as_str().expect("a next cursor");
     let r = app
         .http

@@ -508,15 +508,7 @@ async fn history_pages_with_an_opaque_cursor() {
 async fn negotiate_is_off_unless_loopback_or_opened() {
     // the stand-in endpoint is 127.0.0.1, so negotiate defaults to open
     let app = spawn_app().await;
-    let v: Value = app
-        .http
-        .get(app.url("/negotiate?userId=alice&room=r1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get_json(&app.http, app.url("/negotiate?userId=alice&room=r1")).await;
     let base = format!("ws://127.0.0.1:{}/client/hubs/chat", app.rest.addr.port());
     assert_eq!(v["baseUrl"], base);
     let token = v["token"].as_str().unwrap();

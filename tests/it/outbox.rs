@@ -124,27 +124,11 @@ impl Served {
     }
 
     async fn history(&self, room: &str) -> Value {
-        self.http
-            .get(self.url(&format!("/api/messages?room={room}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        get_json(&self.http, self.url(&format!("/api/messages?room={room}"))).await
     }
 
     async fn pending(&self) -> Value {
-        let v: Value = self
-            .http
-            .get(self.url("/healthz?verbose"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["outbox"]["pending"].clone()
+        get_json(&self.http, self.url("/healthz?verbose")).await["outbox"]["pending"].clone()
     }
 
     /// The log lines so far, as JSON (a line that is not JSON as a string).

@@ -203,14 +203,7 @@ impl TestApp {
     }
 
     pub async fn history(&self, room: &str) -> serde_json::Value {
-        self.http
-            .get(self.url(&format!("/api/messages?room={room}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        get_json(&self.http, self.url(&format!("/api/messages?room={room}"))).await
     }
 
     /// How many messages the room's first history page holds.
@@ -234,4 +227,9 @@ pub fn verify_jwt(authorization: &str, key: &str) -> serde_json::Value {
     )
     .expect("JWT signed with the access key")
     .claims
+}
+
+/// `GET url` as JSON; a failed request or a body that is not JSON fails the test.
+pub async fn get_json(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> serde_json::Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
 }
