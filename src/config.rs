@@ -461,7 +461,7 @@ pub struct ListenerArgs {
     #[arg(long, env = "HUBHOOK_DRAIN_TIMEOUT")]
     pub drain_timeout: Option<String>,
     /// Connections served at once per listener; more are answered 503 (default: file-descriptor
-    /// limit − 256, 64–2048, shared evenly by `dev`'s two listeners).
+    /// limit − 256 shared by the process's listeners, then 64–2048 per listener).
     #[arg(long, env = "HUBHOOK_MAX_CONNECTIONS")]
     pub max_connections: Option<String>,
 }
@@ -1028,8 +1028,10 @@ fn event_path(a: &ServeArgs) -> Result<String, ConfigError> {
 
 /// `listeners`: how many listeners the process has, sharing the default connection cap.
 fn limits(a: &ListenerArgs, listeners: usize) -> Result<Limits, ConfigError> {
-    let mut l = Limits::default();
-    l.max_connections = (l.max_connections / listeners.max(1)).max(1);
+    let mut l = Limits {
+        max_connections: crate::runtime::listener::default_max_connections(listeners),
+        ..Limits::default()
+    };
     const HOUR: Duration = Duration::from_secs(3600);
     let d = |var, v: &Option<String>, default| {
         v.as_deref()
@@ -1237,7 +1239,7 @@ mod tests {
         assert_eq!(c.limits.max_connections, 100);
         // `dev`'s two listeners share the default cap, which is sized to the descriptor limit;
         // a value that is set applies to each.
-        let default = Limits::default().max_connections;
+        let default = crate::runtime::listener::default_max_connections(2);
         let dev = |listener| {
             Config::from_args(
                 &ServeArgs {
@@ -1249,7 +1251,7 @@ mod tests {
             .unwrap()
             .limits
         };
-        assert_eq!(dev(ListenerArgs::default()).max_connections, default / 2);
+        assert_eq!(dev(ListenerArgs::default()).max_connections, default);
         let set = ListenerArgs {
             max_connections: Some("100".into()),
             ..Default::default()

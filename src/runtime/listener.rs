@@ -83,7 +83,7 @@ impl Default for Limits {
             header_read: Duration::from_secs(10),
             body_read: Duration::from_secs(30),
             idle: Duration::from_secs(60),
-            max_connections: default_max_connections(),
+            max_connections: default_max_connections(1),
             drain: Duration::from_secs(10),
         }
     }
@@ -94,11 +94,19 @@ const FD_HEADROOM: u64 = 256;
 const MAX_CONNECTIONS_CEILING: usize = 2048;
 const MAX_CONNECTIONS_FLOOR: usize = 64;
 
-fn default_max_connections() -> usize {
-    match nofile_soft_limit() {
-        Some(n) => usize::try_from(n.saturating_sub(FD_HEADROOM))
-            .unwrap_or(usize::MAX)
-            .clamp(MAX_CONNECTIONS_FLOOR, MAX_CONNECTIONS_CEILING),
+/// The default connection cap of each of a process's `listeners`: its descriptor budget
+/// (soft `RLIMIT_NOFILE` − [`FD_HEADROOM`]) shared among them, then bounded per listener. Shared
+/// before bounding, so `dev`'s emulator keeps the full 2,048 where descriptors allow it (a
+/// 1,000-client room) and both listeners together stay under a 1,024 limit where they do not.
+pub(crate) fn default_max_connections(listeners: usize) -> usize {
+    connection_share(nofile_soft_limit(), listeners)
+}
+
+fn connection_share(nofile: Option<u64>, listeners: usize) -> usize {
+    match nofile {
+        Some(n) => (usize::try_from(n.saturating_sub(FD_HEADROOM)).unwrap_or(usize::MAX)
+            / listeners.max(1))
+        .clamp(MAX_CONNECTIONS_FLOOR, MAX_CONNECTIONS_CEILING),
         None => MAX_CONNECTIONS_CEILING,
     }
 }
@@ -1149,5 +1157,16 @@ mod tests {
             .await
             .expect("closed by the drain");
         assert!(!matches!(end, Some(Ok(m)) if m.is_text()));
+    }
+
+    #[test]
+    fn listeners_share_the_descriptor_budget_before_it_is_bounded() {
+        // A 1,024-descriptor process: both of dev's listeners together stay under it.
+        assert_eq!(connection_share(Some(1024), 1), 768);
+        assert_eq!(connection_share(Some(1024), 2), 384);
+        // Plenty of descriptors: each listener keeps the full bound.
+        assert_eq!(connection_share(Some(20_000), 2), MAX_CONNECTIONS_CEILING);
+        assert_eq!(connection_share(Some(100), 2), MAX_CONNECTIONS_FLOOR);
+        assert_eq!(connection_share(None, 2), MAX_CONNECTIONS_CEILING);
     }
 }
