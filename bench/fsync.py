@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""The fsync time of a disk: the physical bound under W2 (bench/run.py imports `measure`).
+"""The sync time of a disk: the physical bound under W2 (bench/run.py imports `measure`).
 
-hubhook's SQLite store (WAL, synchronous=FULL) ends every commit with one fsync(2) of the WAL
-file (`strace -e fsync,fdatasync` on `hubhook serve`: SQLite as bundled by libsqlite3-sys calls
-fsync, not fdatasync). This loop does what such a commit costs the disk, in the directory the
-store lives in: write 4 KiB, then fsync, N times, and reports the median and p99 of the fsync
-call alone (the write goes to the page cache and costs microseconds).
+hubhook's SQLite store (WAL, synchronous=FULL) ends every acknowledged commit with one
+fdatasync(2) of the WAL file (`strace -e fsync,fdatasync` on `hubhook serve`; the bundled SQLite
+is built with HAVE_FDATASYNC, .cargo/config.toml — before that it called fsync). This loop does
+what such a commit costs the disk, in the directory the store lives in: write 4 KiB, then
+fdatasync, N times, and reports the median and p99 of the fdatasync call alone (the write goes to
+the page cache and costs microseconds). The names below still say "fsync" for the sync.
 
 Two shapes, measured alternately (one sample of each in turn):
   overwrite  4 KiB written at a rolling offset inside a 4 MiB file that already exists
@@ -73,7 +74,7 @@ def measure(directory: Path, n: int = 1000, max_seconds: float = 20.0) -> dict:
                 else:
                     os.pwrite(fd, block, off)
                 t = time.perf_counter()
-                os.fsync(fd)
+                os.fdatasync(fd)
                 if i >= 5:
                     samples[sh].append((time.perf_counter() - t) * 1e6)
             off = (off + BLOCK) % FILE_BYTES
@@ -85,7 +86,7 @@ def measure(directory: Path, n: int = 1000, max_seconds: float = 20.0) -> dict:
                 path.unlink()
             except OSError:
                 pass
-    out: dict = {"dir": str(directory), "block_bytes": BLOCK, "call": "fsync"}
+    out: dict = {"dir": str(directory), "block_bytes": BLOCK, "call": "fdatasync"}
     for sh in shapes:
         s = samples[sh]
         ss = sorted(s)

@@ -2,8 +2,9 @@
 // each negotiating its URL from the chat function (`/negotiate?userId=..&room=lobby`, as the chat
 // page does). Client i mod N sends message i with `sendEvent("message", "w3m<i>.", "text")` at a
 // paced rate; every client's `group-message` carrying the chat broadcast of message i counts as
-// one delivery, timed from the scheduled send. Prints one line `W3_JSON {...}` (same fields as
-// examples/wsload.rs where they apply).
+// one delivery, timed from the `sendEvent` call (and from its scheduled time: Node's timers fire a
+// millisecond or more late, reported as `send_late_ms`). Prints one line `W3_JSON {...}` (same
+// fields as examples/wsload.rs where they apply).
 //
 // env: FN (function base URL), W3_CLIENTS (10), W3_RATE (msgs/s, 100), W3_WARMUP (s, 1),
 // W3_DURATION (s, 5), W3_DRAIN (s, 5), W3_PROTOCOL (reliable | json; default reliable, the client's
@@ -31,10 +32,13 @@ const SEND = process.env.W3_SEND || "chat";
 const protocol = PROTOCOL === "json" ? WebPubSubJsonProtocol() : WebPubSubJsonReliableProtocol();
 
 const now = () => Number(process.hrtime.bigint()) / 1e6; // ms
-const sent = new Map(); // id -> scheduled ms
+const sent = new Map(); // id -> [sendEvent called, scheduled] (ms)
 const got = new Map(); // id -> receivers
 const lat = [];
+const latDue = [];
 const ackLat = [];
+const ackLatDue = [];
+const late = [];
 let measureFrom = Infinity;
 let acksFailed = 0;
 const ackErrors = [];
@@ -51,6 +55,8 @@ const pct = (v, p) => {
   v.sort((a, b) => a - b);
   return v[Math.round((p / 100) * (v.length - 1))];
 };
+
+const stats = (v) => ({ p50: pct(v, 50), p90: pct(v, 90), p99: pct(v, 99), max: pct(v, 100), n: v.length });
 
 async function main() {
   const t0 = now();
@@ -70,7 +76,10 @@ async function main() {
         const at = sent.get(id);
         if (at === undefined) return;
         got.set(id, (got.get(id) || 0) + 1);
-        if (id >= measureFrom) lat.push(t - at);
+        if (id >= measureFrom) {
+          lat.push(t - at[0]);
+          latDue.push(t - at[1]);
+        }
       });
       clients.push(c);
       batch.push(c.start());
@@ -100,14 +109,20 @@ async function main() {
       measureFrom = id;
     }
     const my = id++;
-    sent.set(my, due);
+    const at = now();
+    sent.set(my, [at, due]);
+    if (my >= measureFrom) late.push(at - due);
     inflight.push(
       (SEND === "group"
         ? clients[my % N].sendToGroup("lobby", `w3m${my}.`, "text")
         : clients[my % N].sendEvent("message", `w3m${my}.`, "text")
       )
         .then(() => {
-          if (my >= measureFrom) ackLat.push(now() - due);
+          if (my >= measureFrom) {
+            const t = now();
+            ackLat.push(t - at);
+            ackLatDue.push(t - due);
+          }
         })
         .catch((e) => {
           acksFailed++;
@@ -148,8 +163,11 @@ async function main() {
     missing_deliveries: Math.max(0, measured * N - deliveries),
     msgs_per_s: done / spanS,
     deliveries_per_s: deliveries / spanS,
-    delivery_ms: { p50: pct(lat, 50), p90: pct(lat, 90), p99: pct(lat, 99), max: pct(lat, 100), n: lat.length },
-    ack_ms: { p50: pct(ackLat, 50), p99: pct(ackLat, 99), max: pct(ackLat, 100), n: ackLat.length },
+    delivery_ms: stats(lat),
+    delivery_from_due_ms: stats(latDue),
+    ack_ms: stats(ackLat),
+    ack_from_due_ms: stats(ackLatDue),
+    send_late_ms: stats(late),
   };
   console.log(`W3_JSON ${JSON.stringify(out)}`);
   process.exit(0);

@@ -14,7 +14,8 @@
 //! delivery of message `<id>` (a chat broadcast, a `group` message, or the ceiling's echo of the
 //! raw frame alike), so nothing is parsed as JSON on the receive path except acks.
 //!
-//! Pacing: `--rate R` sends R messages/s (open loop; latency counts from the scheduled time, so a
+//! Pacing: `--rate R` sends R messages/s (open loop: a late send does not delay the next; latency
+//! counts from the send and, reported beside it, from the scheduled time, so a
 //! stalled client is not hidden), `--inflight W` keeps W messages not yet complete (closed loop:
 //! the throughput figure). A message is complete when every one of `--receivers` clients
 //! (default: all, the sender included) has it, or with `--complete ack` when its sender has a
@@ -106,8 +107,12 @@ struct Args {
     quiet: f64,
 }
 
-/// One message: when it was (due to be) sent, how many receivers have it, whether it was acked.
+/// One message: when it was due and when it was sent, how many receivers have it, whether it was
+/// acked.
 struct Slot {
+    /// When the pacer scheduled it (open loop) — the same as `sent_ns` in the closed loop.
+    due_ns: AtomicU64,
+    /// When it was handed to its client to send (what `sendEvent` is in the official client).
     sent_ns: AtomicU64,
     got: AtomicU32,
     acked: AtomicU32,
@@ -128,13 +133,21 @@ struct Shared {
     acks_failed: AtomicU64,
     ack_errors: Mutex<Vec<String>>,
     dropped: AtomicU64,
-    complete_us: Mutex<Vec<u32>>,
-    ack_us: Mutex<Vec<u32>>,
+    /// Latencies in µs, each (from the send, from the due time).
+    complete_us: Mutex<Vec<(u32, u32)>>,
+    ack_us: Mutex<Vec<(u32, u32)>>,
 }
 
 impl Shared {
     fn now_ns(&self) -> u64 {
         self.base.elapsed().as_nanos() as u64
+    }
+
+    /// Microseconds from `slot`'s send and from its due time to `now`.
+    fn since(slot: &Slot, now: u64) -> (u32, u32) {
+        let us =
+            |from: &AtomicU64| (now.saturating_sub(from.load(Ordering::Acquire)) / 1000) as u32;
+        (us(&slot.sent_ns), us(&slot.due_ns))
     }
 
     fn measured(&self, id: u64) -> bool {
@@ -148,8 +161,10 @@ impl Shared {
         }
         self.window.add_permits(1);
         if self.measured(id) {
-            let us = (now.saturating_sub(slot.sent_ns.load(Ordering::Acquire)) / 1000) as u32;
-            self.complete_us.lock().unwrap().push(us);
+            self.complete_us
+                .lock()
+                .unwrap()
+                .push(Self::since(slot, now));
         }
     }
 }
@@ -182,7 +197,7 @@ fn ack_of(text: &str) -> Option<(u64, bool)> {
 async fn reader(
     s: &'static Shared,
     mut stream: impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
-    lat: Arc<Mutex<Vec<u32>>>,
+    lat: Arc<Mutex<Vec<(u32, u32)>>>,
 ) {
     while let Some(m) = stream.next().await {
         let text = match m {
@@ -211,8 +226,7 @@ async fn reader(
             }
             slot.acked.fetch_add(1, Ordering::AcqRel);
             if s.measured(id) {
-                let us = (now.saturating_sub(slot.sent_ns.load(Ordering::Acquire)) / 1000) as u32;
-                s.ack_us.lock().unwrap().push(us);
+                s.ack_us.lock().unwrap().push(Shared::since(slot, now));
             }
             if s.complete == Complete::Ack {
                 s.finish(id, now);
@@ -230,8 +244,7 @@ async fn reader(
         };
         let got = slot.got.fetch_add(1, Ordering::AcqRel) + 1;
         if s.measured(id) {
-            let us = (now.saturating_sub(slot.sent_ns.load(Ordering::Acquire)) / 1000) as u32;
-            lat.lock().unwrap().push(us);
+            lat.lock().unwrap().push(Shared::since(slot, now));
         }
         if got == s.expect {
             s.finish(id, now);
@@ -283,13 +296,20 @@ fn frame(args: &Args, id: u64, pad: &str) -> String {
     }
 }
 
-fn pct(v: &mut [u32], p: f64) -> f64 {
+fn pct(v: &[u32], p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
-    v.sort_unstable();
     let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
     v[i] as f64 / 1000.0
+}
+
+/// p50, p90, p99, max (ms) and count of one field of latencies in µs.
+fn stats<T>(v: &[T], field: impl Fn(&T) -> u32) -> serde_json::Value {
+    let mut us: Vec<u32> = v.iter().map(field).collect();
+    us.sort_unstable();
+    serde_json::json!({"p50": pct(&us, 50.0), "p90": pct(&us, 90.0), "p99": pct(&us, 99.0),
+        "max": pct(&us, 100.0), "n": us.len()})
 }
 
 #[tokio::main]
@@ -309,6 +329,7 @@ async fn main() -> anyhow::Result<()> {
     let s: &'static Shared = SHARED.get_or_init(|| Shared {
         slots: (0..cap)
             .map(|_| Slot {
+                due_ns: AtomicU64::new(0),
                 sent_ns: AtomicU64::new(0),
                 got: AtomicU32::new(0),
                 acked: AtomicU32::new(0),
@@ -422,10 +443,14 @@ async fn main() -> anyhow::Result<()> {
         };
         let id = next_id;
         next_id += 1;
-        s.slots[id as usize]
-            .sent_ns
-            .store(due_ns, Ordering::Release);
-        let _ = txs[id as usize % senders].send(frame(&args, id, &pad));
+        let slot = &s.slots[id as usize];
+        let frame = frame(&args, id, &pad);
+        slot.due_ns.store(due_ns, Ordering::Release);
+        // The pacer's timer wakes up to a tick (1 ms) after the due time: latency is counted from
+        // here, where the frame is handed over — what a `sendEvent` call is — and the lateness
+        // is reported beside it (`send_late_ms`, `*_from_due_ms`).
+        slot.sent_ns.store(s.now_ns(), Ordering::Release);
+        let _ = txs[id as usize % senders].send(frame);
     }
     let send_end = Instant::now();
     let measure_start = measure_start.unwrap_or(send_end);
@@ -456,12 +481,22 @@ async fn main() -> anyhow::Result<()> {
         .duration_since(measure_start)
         .as_secs_f64()
         .max(window_s);
-    let mut dl: Vec<u32> = lats
+    let dl: Vec<(u32, u32)> = lats
         .iter()
         .flat_map(|l| std::mem::take(&mut *l.lock().unwrap()))
         .collect();
-    let mut cl = std::mem::take(&mut *s.complete_us.lock().unwrap());
-    let mut al = std::mem::take(&mut *s.ack_us.lock().unwrap());
+    let cl = std::mem::take(&mut *s.complete_us.lock().unwrap());
+    let al = std::mem::take(&mut *s.ack_us.lock().unwrap());
+    let late: Vec<u32> = (measure_first..next_id)
+        .map(|i| {
+            let slot = &s.slots[i as usize];
+            let (sent, due) = (
+                slot.sent_ns.load(Ordering::Acquire),
+                slot.due_ns.load(Ordering::Acquire),
+            );
+            (sent.saturating_sub(due) / 1000) as u32
+        })
+        .collect();
     let out = serde_json::json!({
         "clients": n,
         "senders": senders,
@@ -487,9 +522,12 @@ async fn main() -> anyhow::Result<()> {
         "msgs_per_s": completed as f64 / span_s,
         "sent_per_s": sent_measured as f64 / window_s,
         "deliveries_per_s": deliveries as f64 / span_s,
-        "delivery_ms": {"p50": pct(&mut dl, 50.0), "p90": pct(&mut dl, 90.0), "p99": pct(&mut dl, 99.0), "max": pct(&mut dl, 100.0), "n": dl.len()},
-        "complete_ms": {"p50": pct(&mut cl, 50.0), "p99": pct(&mut cl, 99.0), "max": pct(&mut cl, 100.0), "n": cl.len()},
-        "ack_ms": {"p50": pct(&mut al, 50.0), "p99": pct(&mut al, 99.0), "max": pct(&mut al, 100.0), "n": al.len()},
+        "delivery_ms": stats(&dl, |l| l.0),
+        "delivery_from_due_ms": stats(&dl, |l| l.1),
+        "complete_ms": stats(&cl, |l| l.0),
+        "ack_ms": stats(&al, |l| l.0),
+        "ack_from_due_ms": stats(&al, |l| l.1),
+        "send_late_ms": stats(&late, |l| *l),
     });
     println!("WSLOAD_JSON {out}");
     // Exit without closing the sockets one by one (the servers are stopped by the driver).
