@@ -790,8 +790,9 @@ mod tests {
             largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
         }
         // Written one after another, nothing waits after a commit: the WAL starts over near
-        // the first threshold (FORCE_CHECKPOINT_PAGES is for writers that never pause).
-        let bound = (CHECKPOINT_PAGES as u64 + 64) * (page + 24);
+        // the first threshold (FORCE_CHECKPOINT_PAGES is for writers that never pause). The
+        // margin covers a next write that arrives before the writer looks, now and then.
+        let bound = (CHECKPOINT_PAGES as u64 + 256) * (page + 24);
         assert!(
             largest <= bound,
             "the WAL grew to {largest} bytes (bound {bound}) over 1,500 messages"
