@@ -322,11 +322,12 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Box<dyn Op>>) {
             Durability::WithNext
         };
         if wanted != synced {
-            let level = match wanted {
-                Durability::Now => "FULL",
-                Durability::WithNext => "NORMAL",
+            // Prepared once: under load the level changes with nearly every batch.
+            let pragma = match wanted {
+                Durability::Now => "PRAGMA synchronous = FULL",
+                Durability::WithNext => "PRAGMA synchronous = NORMAL",
             };
-            if let Err(e) = conn.pragma_update(None, "synchronous", level) {
+            if let Err(e) = run_cached(&conn, pragma) {
                 let e = failed(e);
                 batch.into_iter().for_each(|op| op.fail(e.clone()));
                 continue;
