@@ -487,14 +487,11 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let cl = std::mem::take(&mut *s.complete_us.lock().unwrap());
     let al = std::mem::take(&mut *s.ack_us.lock().unwrap());
+    // From its due time to its send.
     let late: Vec<u32> = (measure_first..next_id)
         .map(|i| {
             let slot = &s.slots[i as usize];
-            let (sent, due) = (
-                slot.sent_ns.load(Ordering::Acquire),
-                slot.due_ns.load(Ordering::Acquire),
-            );
-            (sent.saturating_sub(due) / 1000) as u32
+            Shared::since(slot, slot.sent_ns.load(Ordering::Acquire)).1
         })
         .collect();
     let out = serde_json::json!({
